@@ -1,0 +1,205 @@
+"""Architecture tables: which axis of which tensor lives in which prunable space.
+
+Tables are YAML data under ``prune_surgery/tables/``; a family may ``extends`` another and
+override or add entries (``null`` removes one).  This module turns a table into an
+:class:`Architecture` and claims every tensor name of a checkpoint.  It knows spaces and
+axes, never family names.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from .errors import ArchitectureError
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One part of an axis: `space` units of `per_unit` elements (space may be a fixed dim)."""
+
+    space: str
+    multiplier: int = 1
+
+
+@dataclass(frozen=True)
+class TensorRole:
+    """One entry of the table: a name template and the spaces of its axes."""
+
+    role: str
+    template: str
+    axes: tuple[tuple[Segment, ...], ...]
+    norm: bool = False
+    optional: bool = False
+    tied_to: str | None = None
+    pattern: re.Pattern[str] = field(compare=False, default=re.compile(""))
+
+    @property
+    def placeholders(self) -> tuple[str, ...]:
+        """Template variables in order of appearance, e.g. ('layer',)."""
+        return tuple(re.findall(r"\{(\w+)\}", self.template))
+
+
+@dataclass(frozen=True)
+class Space:
+    """A prunable dimension and where the config keeps its size."""
+
+    name: str
+    keys: tuple[str, ...]
+    per: tuple[str, ...] = ()
+    unit: str | int = 1
+    within: str | None = None
+    default: str | None = None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A resolved architecture table."""
+
+    family: str
+    model_types: tuple[str, ...]
+    norm: str
+    norm_eps: tuple[str, ...]
+    tie_key: str | None
+    tie_default: bool
+    placeholders: dict[str, str]
+    spaces: dict[str, Space]
+    dims: dict[str, dict[str, Any]]
+    roles: dict[str, TensorRole]
+    drop: tuple[re.Pattern[str], ...]
+    layer_lists: tuple[str, ...]
+    layer_counts: tuple[str, ...]
+    layer_ids: tuple[str, ...]
+    require: tuple[dict[str, Any], ...]
+
+    def match(self, name: str) -> tuple[TensorRole, dict[str, int]] | None:
+        """The role claiming `name` and its placeholder values, or None for a dropped buffer.
+
+        Raises ArchitectureError naming the tensor when no entry claims it.
+        """
+        for role in self.roles.values():
+            found = role.pattern.fullmatch(name)
+            if found:
+                return role, {k: int(v) for k, v in found.groupdict().items()}
+        if any(p.fullmatch(name) for p in self.drop):
+            return None
+        raise ArchitectureError(
+            f"tensor {name!r} is not described by the {self.family} table; add it to "
+            f"prune_surgery/tables/ (or report it) so that no weight is silently lost"
+        )
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in child.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{\w+\})", template)
+    regex = "".join(f"(?P<{p[1:-1]}>\\d+)" if p.startswith("{") else re.escape(p) for p in parts)
+    return re.compile(regex)
+
+
+def _axis(spec: str, known: set[str], where: str) -> tuple[Segment, ...]:
+    segments = []
+    for part in str(spec).split("+"):
+        space, _, mult = part.strip().partition("*")
+        if space not in known and not space.isdigit():
+            raise ArchitectureError(f"table {where}: axis {spec!r} names unknown space or dim {space!r}")
+        segments.append(Segment(space, int(mult) if mult else 1))
+    return tuple(segments)
+
+
+@lru_cache(maxsize=1)
+def raw_tables() -> dict[str, dict[str, Any]]:
+    """Every family's table as written in the YAML files (before inheritance)."""
+    tables: dict[str, dict[str, Any]] = {}
+    for item in sorted(resources.files("prune_surgery.tables").iterdir(), key=lambda p: p.name):
+        if item.name.endswith(".yaml"):
+            for family, table in (yaml.safe_load(item.read_text()) or {}).items():
+                if family in tables:
+                    raise ArchitectureError(f"family {family!r} is defined twice in the tables")
+                tables[family] = table
+    return tables
+
+
+def _resolve(family: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    tables = raw_tables()
+    if family in seen or family not in tables:
+        raise ArchitectureError(f"table {family!r} is missing or extends itself")
+    table = tables[family]
+    parent = table.get("extends")
+    return _merge(_resolve(parent, seen + (family,)), table) if parent else dict(table)
+
+
+def _list(value: Any) -> tuple[str, ...]:
+    return tuple(value) if isinstance(value, list) else (value,) if value else ()
+
+
+@lru_cache(maxsize=None)
+def load_architecture(family: str) -> Architecture:
+    """Resolve a family's table (with inheritance) into an Architecture."""
+    t = _resolve(family)
+    spaces = {
+        n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"))
+        for n, s in t.get("spaces", {}).items()
+    }
+    dims = dict(t.get("dims", {}))
+    known = set(spaces) | set(dims)
+    roles = {}
+    for role, entry in t.get("tensors", {}).items():
+        axes = tuple(_axis(a, known, f"{family}.{role}") for a in entry["axes"])
+        roles[role] = TensorRole(
+            role, entry["name"], axes, bool(entry.get("norm")), bool(entry.get("optional")),
+            entry.get("tied_to"), _compile(entry["name"]),
+        )
+    layer_config = t.get("layer_config", {})
+    tie = t.get("tie", {})
+    return Architecture(
+        family=family,
+        model_types=_list(t.get("model_types", [family])),
+        norm=t.get("norm", "rms"),
+        norm_eps=_list(t.get("norm_eps")),
+        tie_key=tie.get("key"),
+        tie_default=bool(tie.get("default", False)),
+        placeholders=dict(t.get("placeholders", {})),
+        spaces=spaces,
+        dims=dims,
+        roles=roles,
+        drop=tuple(_compile(d) for d in t.get("drop", [])),
+        layer_lists=_list(layer_config.get("lists")),
+        layer_counts=_list(layer_config.get("counts")),
+        layer_ids=_list(layer_config.get("ids")),
+        require=tuple(t.get("require", [])),
+    )
+
+
+def families() -> list[str]:
+    """Every family with a table."""
+    return sorted(raw_tables())
+
+
+def architecture_for(config: dict[str, Any]) -> Architecture:
+    """The architecture whose `model_types` include the config's `model_type`."""
+    model_type = config.get("model_type")
+    for family in families():
+        arch = load_architecture(family)
+        if model_type in arch.model_types:
+            return arch
+    supported = ", ".join(t for f in families() for t in load_architecture(f).model_types)
+    raise ArchitectureError(
+        f"model_type {model_type!r} is not supported (supported: {supported}); "
+        "see README 'Adding an architecture' to describe it in a table"
+    )

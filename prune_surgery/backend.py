@@ -1,0 +1,67 @@
+"""Slicing backends: numpy on CPU (default) and torch on CPU or CUDA (`--device`).
+
+Both gather raw elements (unsigned ints of the dtype's width), so they produce the same
+bytes; torch is imported only when a torch backend is asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from .errors import SpecError
+
+
+class Backend(Protocol):
+    """Gathers kept elements of a raw block along one axis."""
+
+    name: str
+
+    def take(self, block: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+        """`block` restricted to `index` along `axis`, as a C-contiguous numpy array."""
+
+
+class NumpyBackend:
+    """numpy fancy indexing on memory-mapped blocks."""
+
+    name = "numpy"
+
+    def take(self, block: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+        """Gather along `axis` (one copy)."""
+        return np.take(block, index, axis=axis)
+
+
+_SIGNED = {np.dtype(np.uint8): np.uint8, np.dtype(np.uint16): np.int16, np.dtype(np.uint32): np.int32, np.dtype(np.uint64): np.int64}
+
+
+class TorchBackend:
+    """torch.index_select on `device` (cpu or cuda); bytes move as signed ints of the same width."""
+
+    def __init__(self, device: str) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise SpecError(f"--device {device} needs torch; install it (pip install 'prune-surgery[torch]') or drop --device") from None
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise SpecError(f"--device {device}: torch sees no CUDA device; use --device cpu or the default numpy backend")
+        self.torch = torch
+        self.device = torch.device(device)
+        self.name = f"torch:{device}"
+
+    def take(self, block: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+        """Gather along `axis` on the device and copy the result back."""
+        torch = self.torch
+        signed = np.ascontiguousarray(block).view(_SIGNED[block.dtype])
+        tensor = torch.from_numpy(signed).to(self.device)
+        picked = torch.index_select(tensor, axis, torch.from_numpy(index).to(self.device))
+        return picked.cpu().numpy().view(block.dtype)
+
+
+def make_backend(device: str | None) -> Backend:
+    """numpy when `device` is None, else torch on that device."""
+    if device is None or device == "numpy":
+        return NumpyBackend()
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise SpecError(f"--device must be cpu or cuda (or cuda:N), got {device!r}")
+    return TorchBackend(device)

@@ -1,0 +1,160 @@
+"""The `prune-surgery` command: a thin typer shell over the Python API."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+from . import api
+from .errors import PruneSurgeryError
+from .plan import Plan
+from .render import plan_json, print_inspect, print_plan
+from .spec import PruneSpec, load_spec_file, parse_layers, parse_size, spec_from_dict
+
+app = typer.Typer(help="Prune LLM checkpoints to any configuration by rewriting them, never loading them.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+
+Src = typer.Argument(..., help="Checkpoint folder or Hub repo id (org/name, hf://org/name@rev)")
+Revision = typer.Option(None, "--revision", help="Hub branch, tag or commit of SRC")
+Stream = typer.Option(False, "--stream", help="Read Hub tensors with range requests; keep no local copy")
+SpecFile = typer.Option(None, "--spec", help="YAML/JSON spec (same keys as the options, or the original method's *_remain keys)")
+DropLayers = typer.Option(None, "--drop-layers", help="0-based layers to drop, e.g. 4,7,10-12")
+NumLayers = typer.Option(None, "--num-hidden-layers", help="Keep N layers (dropped ones spread out from the middle)")
+Hidden = typer.Option(None, "--hidden-size", help="Target hidden size")
+Heads = typer.Option(None, "--num-attention-heads", help="Target query heads")
+KvHeads = typer.Option(None, "--num-key-value-heads", help="Target key/value heads (GQA groups)")
+Ffn = typer.Option(None, "--intermediate-size", help="Target FFN size")
+Method = typer.Option(None, "--method", help="random (seeded) or magnitude (largest L2 norm)")
+Seed = typer.Option(None, "--seed", help="Seed of random selection (default 1234)")
+Balance = typer.Option(None, "--balance", help="Keep the same count in each of N contiguous partitions (tensor parallel)")
+KeepFile = typer.Option(None, "--keep", help="Explicit kept indices (a prune_surgery.json or its 'keep' object)")
+KeepVocab = typer.Option(None, "--keep-vocab", help="Kept token ids (from 'prune-surgery vocab count')")
+PadVocab = typer.Option(None, "--pad-vocab-to-multiple-of", help="Pad the pruned vocabulary with zero rows")
+NoRescale = typer.Option(False, "--no-norm-rescale", help="Plain slicing of RMSNorm weights (the original method)")
+ShardSize = typer.Option(None, "--max-shard-size", help="Largest output shard, e.g. 5GB")
+
+
+def _spec(spec_file: Optional[Path], **options: Any) -> PruneSpec:
+    """Spec file values overridden by command-line options."""
+    spec = load_spec_file(spec_file) if spec_file else PruneSpec()
+    given = {k: v for k, v in options.items() if v not in (None, False)}
+    from_options = spec_from_dict(given)
+    sizes = {**spec.sizes, **from_options.sizes}
+    merged = spec.with_options(**{k: getattr(from_options, k) for k in (
+        "drop_layers", "keep", "keep_vocab", "pad_vocab_to_multiple_of", "balance") if getattr(from_options, k) is not None})
+    for key in ("method", "seed", "max_shard_size"):
+        if key in given:
+            merged = merged.with_options(**{key: getattr(from_options, key)})
+    if options.get("norm_rescale") is False:
+        merged = merged.with_options(norm_rescale=False)
+    return merged.with_options(sizes=sizes)
+
+
+def _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, method, seed, balance,
+                  keep, keep_vocab, pad_vocab, no_rescale, shard_size) -> PruneSpec:  # type: ignore[no-untyped-def]
+    return _spec(
+        spec_file, drop_layers=drop_layers, num_hidden_layers=num_layers, hidden_size=hidden,
+        num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=ffn, method=method,
+        seed=seed, balance=balance, keep=keep, keep_vocab=keep_vocab, pad_vocab_to_multiple_of=pad_vocab,
+        norm_rescale=False if no_rescale else None, max_shard_size=shard_size,
+    )
+
+
+@app.command()
+def inspect(src: str = Src, revision: Optional[str] = Revision, stream: bool = Stream,
+            as_json: bool = typer.Option(False, "--json", help="Machine-readable output")) -> None:
+    """Show a checkpoint's architecture, sizes, parameters, dtypes and shards."""
+    info = api.inspect(src, revision=revision, stream=stream)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        print_inspect(info, console)
+
+
+@app.command()
+def plan(src: str = Src, spec_file: Optional[Path] = SpecFile, drop_layers: Optional[str] = DropLayers,
+         num_layers: Optional[int] = NumLayers, hidden: Optional[int] = Hidden, heads: Optional[int] = Heads,
+         kv: Optional[int] = KvHeads, ffn: Optional[int] = Ffn, method: Optional[str] = Method,
+         seed: Optional[int] = Seed, balance: Optional[int] = Balance, keep: Optional[Path] = KeepFile,
+         keep_vocab: Optional[Path] = KeepVocab, pad_vocab: Optional[int] = PadVocab,
+         no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize,
+         revision: Optional[str] = Revision, stream: bool = Stream,
+         as_json: bool = typer.Option(False, "--json", help="Machine-readable output")) -> None:
+    """Plan the pruning: new config, sizes, shards, memory, warnings. Writes nothing."""
+    spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, method, seed, balance,
+                         keep, keep_vocab, pad_vocab, no_rescale, shard_size)
+    the_plan = api.plan(src, spec, revision=revision, stream=stream)
+    if as_json:
+        typer.echo(json.dumps(plan_json(the_plan), indent=1))
+    else:
+        print_plan(the_plan, console)
+
+
+def _progress_factory(quiet: bool) -> tuple[Progress | None, Callable[[Plan], Callable[[int], None] | None]]:
+    if quiet or not sys.stderr.isatty():
+        return None, lambda plan: None
+    bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+
+    def start(the_plan: Plan) -> Callable[[int], None]:
+        task = bar.add_task("writing", total=the_plan.bytes_after)
+        bar.start()
+        return lambda n: bar.advance(task, n)
+
+    return bar, start
+
+
+@app.command()
+def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (created atomically)"),
+        spec_file: Optional[Path] = SpecFile, drop_layers: Optional[str] = DropLayers,
+        num_layers: Optional[int] = NumLayers, hidden: Optional[int] = Hidden, heads: Optional[int] = Heads,
+        kv: Optional[int] = KvHeads, ffn: Optional[int] = Ffn, method: Optional[str] = Method,
+        seed: Optional[int] = Seed, balance: Optional[int] = Balance, keep: Optional[Path] = KeepFile,
+        keep_vocab: Optional[Path] = KeepVocab, pad_vocab: Optional[int] = PadVocab,
+        no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize,
+        revision: Optional[str] = Revision, stream: bool = Stream,
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists and is not empty"),
+        device: Optional[str] = typer.Option(None, "--device", help="Slice with torch on cpu or cuda (default: numpy)"),
+        workers: int = typer.Option(1, "--workers", help="Write N output shards concurrently"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display"),
+        as_json: bool = typer.Option(False, "--json", help="Print the executed plan as JSON")) -> None:
+    """Prune SRC into OUT: new shards, config.json, tokenizer files and prune_surgery.json."""
+    spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, method, seed, balance,
+                         keep, keep_vocab, pad_vocab, no_rescale, shard_size)
+    bar, factory = _progress_factory(quiet)
+    command = "prune-surgery " + shlex.join(sys.argv[1:])
+    try:
+        the_plan = api.run(src, out, spec, revision=revision, stream=stream, overwrite=overwrite, device=device,
+                           workers=workers, command=command, progress=factory)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if as_json:
+        typer.echo(json.dumps(plan_json(the_plan), indent=1))
+    elif not quiet:
+        print_plan(the_plan, console)
+        console.print(f"wrote {out}")
+
+
+def main() -> None:
+    """Entry point: run the app; deliberate errors become one line and exit status 2."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        app()  # usage errors: click prints them and exits with 2
+    except PruneSurgeryError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("aborted")
+        raise SystemExit(130) from None
+    except OSError as exc:
+        err.print(f"[red]error:[/red] {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
+        raise SystemExit(2) from None

@@ -1,0 +1,62 @@
+"""Rewrite config.json for the pruned shape so that stock transformers loads it as is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .arch import Architecture
+from .keepfile import Keep
+from .sizes import config_get, config_set, copy_config, space_key
+
+
+def rewrite_config(
+    arch: Architecture, config: dict[str, Any], sizes: dict[str, int], targets: dict[str, int],
+    keep: Keep, norm_rescale: bool, vocab_rows: int,
+) -> dict[str, Any]:
+    """The new config: sizes, explicit head_dim, per-layer lists, layer-indexed keys, eps."""
+    new = copy_config(config)
+    for name, space in arch.spaces.items():
+        size = vocab_rows if name == "vocab" else targets[name]
+        key = space_key(arch, name, config)
+        if size != sizes[name] or config_get(config, key, None) is None:
+            config_set(new, key, size)
+    for name, dim in arch.dims.items():
+        if dim.get("key"):
+            config_set(new, dim["key"], sizes[name])
+    layers: list[int] = list(keep.get("layers", range(sizes["layers"])))  # type: ignore[arg-type]
+    if layers != list(range(sizes["layers"])):
+        _remap_layer_keys(arch, config, new, layers, sizes["layers"])
+    if targets["hidden"] != sizes["hidden"] and norm_rescale and arch.norm.startswith("rms"):
+        for key in arch.norm_eps:
+            eps = config_get(config, key, None)
+            if eps is not None:
+                config_set(new, key, float(eps) * sizes["hidden"] / targets["hidden"])
+    return new
+
+
+def _remap_layer_keys(arch: Architecture, config: dict[str, Any], new: dict[str, Any], layers: list[int], n: int) -> None:
+    position = {old: i for i, old in enumerate(layers)}
+    for key in arch.layer_lists:
+        value = config_get(config, key, None)
+        if isinstance(value, list) and len(value) == n:
+            config_set(new, key, [value[i] for i in layers])
+    for key in arch.layer_counts:
+        value = config_get(config, key, None)
+        if isinstance(value, int):
+            config_set(new, key, sum(1 for i in layers if i < value))
+    for key in arch.layer_ids:
+        value = config_get(config, key, None)
+        if isinstance(value, list):
+            config_set(new, key, [position[i] for i in value if i in position])
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:
+    """{dotted key: [old, new]} for every value that differs (nested dicts walked)."""
+    changes: dict[str, list[Any]] = {}
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.update(config_changes(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changes[f"{prefix}{key}"] = [a, b]
+    return changes

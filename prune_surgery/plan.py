@@ -1,0 +1,265 @@
+"""Plan every output tensor, the new config and the shard layout before reading a weight.
+
+The plan is complete and checked when this module returns: names after layer renumbering,
+kept element indices per axis, shapes, dtypes, byte sizes, shards, parameter counts, peak
+memory and warnings.  Shapes transformers cannot describe are refused here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .arch import Architecture, TensorRole
+from .checkpoint import Checkpoint, TensorRef
+from .configedit import config_changes, rewrite_config
+from .errors import ArchitectureError, SpecError
+from .keepfile import Keep, kept
+from .score import compute_scores
+from .select import check_targets, resolve_targets, select_keep, select_layers
+from .sink import OutTensor, ShardLayout, layout_shards
+from .sizes import is_tied, source_sizes, unit_size
+from .spec import PruneSpec, dump_json
+
+
+@dataclass
+class TensorPlan:
+    """How one output tensor is made from one input tensor."""
+
+    source: TensorRef
+    out: OutTensor
+    role: str
+    index: tuple[np.ndarray | None, ...]  # kept element indices per axis (None: all)
+    rescale: float | None = None  # RMSNorm weight scale (hidden pruning)
+    pad_rows: int = 0  # zero rows appended (vocab padding)
+
+    @property
+    def identity(self) -> bool:
+        """True when the output bytes equal the input bytes."""
+        return all(i is None for i in self.index) and self.rescale is None and not self.pad_rows
+
+
+@dataclass
+class Plan:
+    """Everything a run will do, known before any weight byte is read."""
+
+    arch: Architecture
+    spec: PruneSpec
+    source: dict[str, Any]
+    sizes: dict[str, int]
+    targets: dict[str, int]
+    keep: Keep
+    config: dict[str, Any]
+    new_config: dict[str, Any]
+    tensors: list[TensorPlan]
+    shards: list[ShardLayout]
+    dropped: list[str]
+    params_before: int
+    params_after: int
+    bytes_before: int
+    bytes_after: int
+    peak_bytes: int
+    vocab_rows: int = 0
+    warnings: list[str] = field(default_factory=list)
+    plan_hash: str = ""
+
+    @property
+    def changes(self) -> dict[str, list[Any]]:
+        """Config keys that change, {key: [old, new]}."""
+        return config_changes(self.config, self.new_config)
+
+
+def _axis_index(arch: Architecture, role: TensorRole, axis: int, binding: dict[str, int],
+                keep: Keep, sizes: dict[str, int]) -> tuple[int, np.ndarray | None]:
+    """(expected input length, kept element indices or None) of one axis."""
+    parts: list[np.ndarray] = []
+    offset, pruned = 0, False
+    for seg in role.axes[axis]:
+        if seg.space in arch.spaces:
+            units, width = sizes[seg.space], unit_size(arch, seg.space, sizes) * seg.multiplier
+            scope = ".".join(str(binding[p]) for p in arch.spaces[seg.space].per)
+            chosen = kept(keep, seg.space, scope)
+        else:
+            units, width, chosen = 1, int(seg.space) if seg.space.isdigit() else sizes[seg.space], None
+        if chosen is None:
+            parts.append(np.arange(offset, offset + units * width, dtype=np.int64))
+        else:
+            pruned = True
+            base = np.asarray(chosen, dtype=np.int64)[:, None] * width
+            parts.append((base + np.arange(width, dtype=np.int64)).ravel() + offset)
+        offset += units * width
+    return offset, (np.concatenate(parts) if pruned else None)
+
+
+def _new_name(arch: Architecture, role: TensorRole, binding: dict[str, int], keep: Keep) -> str | None:
+    """The output name after renumbering, or None if a placeholder's index was dropped."""
+    values: dict[str, int] = {}
+    scope = ""
+    for placeholder in role.placeholders:
+        owner = arch.placeholders.get(placeholder, placeholder)
+        chosen = keep.get("layers") if owner == "layers" else kept(keep, owner, scope)
+        old = binding[placeholder]
+        if chosen is not None:
+            if old not in chosen:  # type: ignore[operator]
+                return None
+            values[placeholder] = chosen.index(old)  # type: ignore[union-attr]
+        else:
+            values[placeholder] = old
+        scope = f"{scope}.{old}" if scope else str(old)
+    return role.template.format(**values)
+
+
+def _check_nesting(arch: Architecture, keep: Keep, sizes: dict[str, int]) -> None:
+    for name, space in arch.spaces.items():
+        if not space.within or name not in keep:
+            continue
+        per_group = sizes[name] // sizes[space.within]
+        scopes = keep[name] if isinstance(keep[name], dict) else {"": keep[name]}
+        for scope, heads in scopes.items():  # type: ignore[union-attr]
+            groups = kept(keep, space.within, scope)
+            groups = list(range(sizes[space.within])) if groups is None else groups
+            counts = {g: 0 for g in groups}
+            for h in heads:
+                if h // per_group not in counts:
+                    raise SpecError(f"keep: {name} {h} (layer {scope}) lies in a dropped {space.within} group {h // per_group}")
+                counts[h // per_group] += 1
+            if len(set(counts.values())) > 1:
+                raise SpecError(f"keep: layer {scope} keeps different numbers of {name} per {space.within} group; GQA needs the same count")
+
+
+def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: dict[str, Any],
+               block_bytes: int = 64 << 20) -> Plan:
+    """Plan a pruning run; raises SpecError / ArchitectureError for what cannot be done."""
+    config = ckpt.config
+    sizes = source_sizes(arch, config)
+    targets = resolve_targets(arch, sizes, spec)
+    layers = select_layers(arch, sizes, targets, spec)
+    targets["layers"] = len(layers)
+    scores = None
+    if spec.method == "magnitude":
+        wanted = {s for s in arch.spaces if s not in ("layers", "vocab") and targets[s] != sizes[s]}
+        wanted |= {arch.spaces[s].within for s in wanted if arch.spaces[s].within}  # type: ignore[misc]
+        table = compute_scores(ckpt, arch, sizes, wanted, layers, block_bytes)
+        scores = lambda space, key: table[(space, key)]  # noqa: E731
+    keep = select_keep(arch, sizes, targets, spec, layers, scores)
+    _check_nesting(arch, keep, sizes)
+    check_targets(arch, sizes, targets, spec)
+    if "vocab" in keep and keep["vocab"] and keep["vocab"][-1] >= sizes["vocab"]:  # type: ignore[index]
+        raise SpecError(f"keep-vocab names token id {keep['vocab'][-1]} but the vocabulary has {sizes['vocab']}")  # type: ignore[index]
+    pad = 0
+    if spec.pad_vocab_to_multiple_of and "vocab" in keep:
+        pad = -targets["vocab"] % spec.pad_vocab_to_multiple_of
+    tied = is_tied(arch, config)
+    hidden_scale = math.sqrt(sizes["hidden"] / targets["hidden"]) if "hidden" in targets else 1.0
+
+    tensors: list[TensorPlan] = []
+    dropped: list[str] = []
+    seen: set[tuple[str, tuple[tuple[str, int], ...]]] = set()
+    for ref in ckpt.tensors.values():
+        claim = arch.match(ref.name)
+        if claim is None:
+            dropped.append(ref.name)
+            continue
+        role, binding = claim
+        seen.add((role.role, tuple(sorted(binding.items()))))
+        name = _new_name(arch, role, binding, keep)
+        if name is None or (role.tied_to and tied):
+            dropped.append(ref.name)
+            continue
+        if len(ref.shape) != len(role.axes):
+            raise ArchitectureError(f"{ref.name} has shape {list(ref.shape)} but the {arch.family} table expects {len(role.axes)} axes")
+        index, shape = [], []
+        for axis in range(len(role.axes)):
+            length, idx = _axis_index(arch, role, axis, binding, keep, sizes)
+            if ref.shape[axis] != length:
+                raise ArchitectureError(
+                    f"{ref.name} has {ref.shape[axis]} elements on axis {axis} but config.json implies {length}; the config does not match the weights"
+                )
+            index.append(idx)
+            shape.append(length if idx is None else len(idx))
+        rows_pad = pad if role.axes[0][0].space == "vocab" else 0
+        shape[0] += rows_pad
+        rescale = hidden_scale if role.norm and hidden_scale != 1.0 and spec.norm_rescale else None
+        itemsize = ref.nbytes // max(ref.numel, 1) if ref.numel else 0
+        out = OutTensor(name, ref.dtype, tuple(shape), math.prod(shape) * itemsize)
+        tensors.append(TensorPlan(ref, out, role.role, tuple(index), rescale, rows_pad))
+    _check_required(arch, sizes, seen, tied)
+
+    vocab_rows = targets.get("vocab", 0) + pad
+    new_config = rewrite_config(arch, config, sizes, targets, keep, spec.norm_rescale, vocab_rows)
+    if "vocab" in keep:
+        from .vocab import remap_token_ids
+
+        new_config = remap_token_ids(new_config, keep["vocab"])  # type: ignore[arg-type]
+    shards = layout_shards([t.out for t in tensors], spec.max_shard_size)
+    plan = Plan(
+        arch=arch, spec=spec, source=source, sizes=sizes, targets=targets, keep=keep, config=config,
+        new_config=new_config, tensors=tensors, shards=shards, dropped=dropped,
+        params_before=sum(t.numel for t in ckpt.tensors.values() if arch.match(t.name) is not None),
+        params_after=sum(math.prod(t.out.shape) for t in tensors),
+        bytes_before=ckpt.total_bytes, bytes_after=sum(t.out.nbytes for t in tensors),
+        peak_bytes=_peak(tensors, block_bytes), vocab_rows=vocab_rows,
+    )
+    plan.warnings = _warnings(plan, pad)
+    plan.plan_hash = plan_hash(plan)
+    return plan
+
+
+def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], tied: bool) -> None:
+    for role in arch.roles.values():
+        if role.optional or (role.tied_to and tied):
+            continue
+        ranges = [range(sizes[arch.placeholders[p]]) for p in role.placeholders]
+        present = sum(1 for s in seen if s[0] == role.role)
+        expected = math.prod(len(r) for r in ranges)
+        if present and present == expected:
+            continue
+        if present == 0 and all(s[0] != role.role for s in seen):
+            names = role.template.format(**{p: 0 for p in role.placeholders})
+            raise ArchitectureError(f"required tensor {names!r} is missing from the checkpoint ({arch.family} table role {role.role})")
+        for combo in itertools.product(*ranges):
+            binding = tuple(sorted(zip(role.placeholders, combo)))
+            if (role.role, binding) not in seen:
+                name = role.template.format(**dict(binding))
+                raise ArchitectureError(f"required tensor {name!r} is missing from the checkpoint")
+
+
+def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
+    """Working memory of the stream: two row blocks plus index arrays and norm copies."""
+    if not tensors:
+        return 0
+    block = max(min(t.out.nbytes, block_bytes) for t in tensors)
+    index = max(sum(i.nbytes for i in t.index if i is not None) for t in tensors)
+    norms = max((t.source.numel * 8 for t in tensors if t.rescale), default=0)
+    return 2 * block + index + norms
+
+
+def _warnings(plan: Plan, pad: int) -> list[str]:
+    notes = []
+    if plan.targets["hidden"] != plan.sizes["hidden"]:
+        if plan.arch.norm == "layernorm":
+            notes.append("hidden pruning under LayerNorm is approximate: the mean and variance change; expect to recover by training")
+        elif not plan.spec.norm_rescale:
+            notes.append("--no-norm-rescale: RMSNorm now averages over fewer channels, so outputs differ from the masked original")
+    if pad:
+        notes.append(f"vocabulary padded with {pad} zero rows: ids {plan.targets['vocab']}..{plan.targets['vocab'] + pad - 1} must never be sampled")
+    if plan.spec.keep is None and plan.spec.method == "random" and plan.params_after < plan.params_before:
+        notes.append(f"random selection with seed {plan.spec.seed}; recovery training (10-20B tokens) is expected after pruning")
+    return notes
+
+
+def plan_hash(plan: Plan) -> str:
+    """sha256 of everything that determines the output bytes."""
+    digest = hashlib.sha256()
+    digest.update(dump_json(plan.new_config).encode())
+    for t in plan.tensors:
+        digest.update(dump_json([t.source.name, t.out.name, t.out.dtype, list(t.out.shape), t.rescale, t.pad_rows]).encode())
+        for idx in t.index:
+            digest.update(b"-" if idx is None else idx.tobytes())
+    digest.update(dump_json([[s.file, [x.name for x in s.tensors]] for s in plan.shards]).encode())
+    return "sha256:" + digest.hexdigest()

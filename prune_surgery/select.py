@@ -1,0 +1,217 @@
+"""Choose the indices to keep in every pruned space.
+
+Methods: ``random`` (seeded, the original method) and ``magnitude`` (largest L2 norm, from
+scores computed while streaming), each optionally ``balance``d over N equal contiguous
+partitions for tensor parallelism; explicit indices come from a keep file.  Hidden and
+vocab are global; heads, kv heads, ffn, experts are chosen per layer.  GQA: query heads are
+chosen inside kept kv groups, the same count in every group.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Callable
+
+import numpy as np
+
+from .arch import Architecture
+from .errors import SpecError
+from .keepfile import Keep, kept
+from .spec import PruneSpec
+
+Scores = Callable[[str, str], np.ndarray]
+
+
+def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) -> dict[str, int]:
+    """Target size of every space, from the spec's config-keyed sizes (unlisted: unchanged)."""
+    by_key = {key: name for name, space in arch.spaces.items() for key in space.keys}
+    targets = {name: sizes[name] for name in arch.spaces}
+    for key, value in spec.sizes.items():
+        if key in arch.dims or key == "head_dim":
+            raise SpecError(f"{key} cannot be pruned (each head keeps its width); prune heads instead")
+        if key not in by_key:
+            options = ", ".join(sorted(by_key))
+            raise SpecError(f"{key} is not a prunable size of {arch.family}; use one of: {options}")
+        space = by_key[key]
+        if value > sizes[space]:
+            raise SpecError(f"target {key}={value} is larger than the source's {sizes[space]}; pruning only shrinks")
+        targets[space] = value
+    if "layers" in arch.spaces and spec.drop_layers is not None:
+        n = sizes["layers"]
+        bad = [i for i in spec.drop_layers if i >= n]
+        if bad:
+            raise SpecError(f"drop_layers names layer {bad[0]} but the model has layers 0..{n - 1} (0-based)")
+        if len(spec.drop_layers) >= n:
+            raise SpecError(f"drop_layers would remove all {n} layers; keep at least one")
+        left = n - len(spec.drop_layers)
+        key = arch.spaces["layers"].keys[0]
+        if key in spec.sizes and spec.sizes[key] != left:
+            raise SpecError(f"drop_layers leaves {left} layers but {key}={spec.sizes[key]}; give one or the other")
+        targets["layers"] = left
+    if "vocab" in arch.spaces and spec.keep_vocab is not None:
+        targets["vocab"] = len(spec.keep_vocab)
+    check_targets(arch, sizes, targets, spec)
+    return targets
+
+
+def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec) -> None:
+    """Refuse targets that transformers cannot describe or that break GQA or balance."""
+    for name, space in arch.spaces.items():
+        if targets[name] <= 0:
+            raise SpecError(f"{space.keys[0]} must stay positive")
+        if space.within:
+            outer, n_out, n_in = space.within, targets[space.within], targets[name]
+            if n_in % n_out:
+                raise SpecError(
+                    f"{space.keys[0]}={n_in} is not a multiple of {arch.spaces[outer].keys[0]}={n_out}; "
+                    "every kv group must keep the same number of query heads"
+                )
+            if n_in // n_out > sizes[name] // sizes[outer]:
+                raise SpecError(
+                    f"{n_in} query heads over {n_out} kv groups needs {n_in // n_out} heads per group but the source "
+                    f"has {sizes[name] // sizes[outer]}; also lower {space.keys[0]} or keep more kv heads"
+                )
+        if spec.balance and targets[name] != sizes[name] and name not in ("layers", "vocab"):
+            for n in (sizes[name], targets[name]):
+                if n % spec.balance:
+                    raise SpecError(f"--balance {spec.balance} needs {space.keys[0]} sizes divisible by it ({sizes[name]} -> {targets[name]})")
+    for rule in arch.require:
+        a, b = rule["divides"]
+        if targets[b] % targets[a]:
+            raise SpecError(
+                f"{arch.spaces[b].keys[0]}={targets[b]} is not a multiple of {arch.spaces[a].keys[0]}={targets[a]}: {rule['why']}"
+            )
+
+
+def layers_to_drop(n: int, drop: int) -> list[int]:
+    """Choose `drop` of `n` layers: spread out from the middle, never the first or last.
+
+    Layers are taken from the middle outwards, every other layer first (so dropped layers
+    are separated by kept ones while there is room), then the ones in between.
+    """
+    if drop <= 0:
+        return []
+    inner = list(range(1, n - 1))
+    if drop > len(inner):
+        raise SpecError(f"cannot drop {drop} of {n} layers while keeping the first and last; use --drop-layers")
+    middle = (n - 1) / 2
+    start = min(inner, key=lambda i: (abs(i - middle), i))
+    order = sorted(inner, key=lambda i: ((i - start) % 2, abs(i - middle), i))
+    return sorted(order[:drop])
+
+
+def _rng(seed: int, space: str, *scope: int) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(space.encode()), *scope])
+
+
+def choose(n: int, k: int, method: str, rng: np.random.Generator, score: np.ndarray | None, parts: int = 1) -> list[int]:
+    """Keep `k` of `n` units, `k/parts` in each of `parts` contiguous partitions, sorted."""
+    size, per = n // parts, k // parts
+    chosen: list[int] = []
+    for p in range(parts):
+        if method == "magnitude":
+            assert score is not None
+            local = np.argsort(-score[p * size : (p + 1) * size], kind="stable")[:per]
+        else:
+            local = rng.choice(size, per, replace=False)
+        chosen.extend(int(i) + p * size for i in local)
+    return sorted(chosen)
+
+
+def scope_keys(arch: Architecture, space: str, keep: Keep, sizes: dict[str, int]) -> list[str]:
+    """Keys under which a scoped space's kept indices are recorded ('' for global spaces)."""
+    keys = [""]
+    for placeholder in arch.spaces[space].per:
+        owner = arch.placeholders[placeholder]
+        nxt = []
+        for key in keys:
+            values = kept(keep, owner, key) if owner != "layers" else keep.get("layers")
+            values = values if values is not None else range(sizes[owner])
+            nxt.extend(f"{key}.{v}" if key else str(v) for v in values)
+        keys = nxt
+    return keys
+
+
+def select_layers(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec) -> list[int]:
+    """Kept original layer indices."""
+    n = sizes["layers"]
+    if spec.keep and "layers" in spec.keep:
+        layers = list(spec.keep["layers"])  # type: ignore[arg-type]
+        if not layers or layers[-1] >= n:
+            raise SpecError(f"keep file: layers must be non-empty indices below {n}")
+        return layers
+    drop = set(spec.drop_layers) if spec.drop_layers is not None else set(layers_to_drop(n, n - targets["layers"]))
+    return [i for i in range(n) if i not in drop]
+
+
+def select_keep(
+    arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec,
+    layers: list[int], scores: Scores | None = None,
+) -> Keep:
+    """Kept indices of every pruned space (layers always recorded)."""
+    keep: Keep = {"layers": layers}
+    if spec.keep_vocab is not None:
+        keep["vocab"] = list(spec.keep_vocab)
+    explicit = spec.keep or {}
+    order = sorted(arch.spaces, key=lambda s: (arch.spaces[s].within is not None, s))
+    for name in order:
+        space = arch.spaces[name]
+        if name in ("layers", "vocab") or name in keep:
+            continue
+        keys = scope_keys(arch, name, keep, sizes)
+        if name in explicit:
+            keep[name] = _validated(arch, name, explicit[name], keys, sizes, targets)
+            continue
+        if targets[name] == sizes[name] and not (space.within and space.within in keep):
+            continue
+        chosen: dict[str, list[int]] = {}
+        for key in keys:
+            scope = [int(x) for x in key.split(".")] if key else []
+            rng = _rng(spec.seed, name, *scope)
+            score = scores(name, key) if spec.method == "magnitude" and scores else None
+            if space.within:
+                chosen[key] = _choose_within(arch, name, key, keep, sizes, targets, spec, score, rng)
+            else:
+                chosen[key] = choose(sizes[name], targets[name], spec.method, rng, score, spec.balance or 1)
+        keep[name] = chosen[""] if keys == [""] else chosen
+    return keep
+
+
+def _choose_within(arch: Architecture, name: str, key: str, keep: Keep, sizes: dict[str, int],
+                   targets: dict[str, int], spec: PruneSpec, score: np.ndarray | None,
+                   rng: np.random.Generator) -> list[int]:
+    outer = arch.spaces[name].within
+    assert outer is not None
+    groups = kept(keep, outer, key)
+    groups = list(range(sizes[outer])) if groups is None else groups
+    per_source = sizes[name] // sizes[outer]
+    per_target = targets[name] // targets[outer]
+    chosen: list[int] = []
+    for g in groups:
+        local = score[g * per_source : (g + 1) * per_source] if score is not None else None
+        picks = choose(per_source, per_target, spec.method, rng, local)
+        chosen.extend(g * per_source + i for i in picks)
+    return chosen
+
+
+def _validated(arch: Architecture, name: str, value: object, keys: list[str], sizes: dict[str, int], targets: dict[str, int]) -> list[int] | dict[str, list[int]]:
+    key0 = arch.spaces[name].keys[0]
+    if keys == [""]:
+        if not isinstance(value, list):
+            raise SpecError(f"keep file: {name} must be a list (it is global)")
+        entries = {"": value}
+    else:
+        if not isinstance(value, dict) or set(value) != set(keys):
+            raise SpecError(f"keep file: {name} must list kept indices for exactly these scopes: {', '.join(keys[:8])}{'...' if len(keys) > 8 else ''}")
+        entries = value
+    counts = {len(v) for v in entries.values()}
+    if len(counts) != 1:
+        raise SpecError(f"keep file: every scope of {name} must keep the same count ({key0} is one number)")
+    for scope, idx in entries.items():
+        if idx and idx[-1] >= sizes[name]:
+            raise SpecError(f"keep file: {name}[{scope}] has index {idx[-1]} but the source has {sizes[name]}")
+    count = counts.pop()
+    if count != targets[name] and targets[name] != sizes[name]:
+        raise SpecError(f"keep file keeps {count} {name} but {key0}={targets[name]} was asked; give one or the other")
+    targets[name] = count
+    return value  # type: ignore[return-value]
