@@ -6,6 +6,7 @@ bytes; torch is imported only when a torch backend is asked for.
 
 from __future__ import annotations
 
+import warnings
 from typing import Protocol
 
 import numpy as np
@@ -53,7 +54,9 @@ class TorchBackend:
         """Gather along `axis` on the device and copy the result back."""
         torch = self.torch
         signed = np.ascontiguousarray(block).view(_SIGNED[block.dtype])
-        tensor = torch.from_numpy(signed).to(self.device)
+        with warnings.catch_warnings():  # read-only mmap input: torch only reads it
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(signed).to(self.device)
         picked = torch.index_select(tensor, axis, torch.from_numpy(index).to(self.device))
         return picked.cpu().numpy().view(block.dtype)
 

@@ -1,0 +1,86 @@
+"""Selection: layer choice, balance, magnitude, spec files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import prune_surgery as ps
+from models import keep_of
+from prune_surgery.select import layers_to_drop
+
+
+@pytest.mark.parametrize("n,d", [(4, 1), (12, 3), (24, 2), (32, 10), (8, 6)])
+def test_chosen_layers_spread_from_the_middle(n, d):
+    drop = layers_to_drop(n, d)
+    assert len(drop) == d == len(set(drop)) and 0 not in drop and n - 1 not in drop
+    assert abs(np.mean(drop) - (n - 1) / 2) <= 1
+    if 2 * d <= n - 2:
+        assert all(b - a >= 2 for a, b in zip(drop, drop[1:]))  # spread: a kept layer between
+
+
+def test_num_hidden_layers_option(checkpoints, tmp_path):
+    plan = ps.plan(checkpoints["llama"], ps.PruneSpec(sizes={"num_hidden_layers": 3}))
+    assert plan.keep["layers"] in ([0, 2, 3], [0, 1, 3]) and plan.new_config["num_hidden_layers"] == 3
+
+
+def test_balanced_partitions_keep_equal_counts(checkpoints):
+    spec = ps.PruneSpec(sizes={"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
+                               "num_key_value_heads": 2}, balance=2)
+    keep = ps.plan(checkpoints["llama"], spec).keep
+    assert sum(i < 32 for i in keep["hidden"]) == 16
+    for layer in map(str, range(4)):
+        assert sum(i < 48 for i in keep["ffn"][layer]) == 24
+        assert sum(g < 2 for g in keep["kv_heads"][layer]) == 1
+        assert sum(h < 4 for h in keep["heads"][layer]) == 2
+
+
+def test_magnitude_keeps_the_largest_units(checkpoints, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in checkpoints["llama"].iterdir():
+        (src / f.name).write_bytes(f.read_bytes())
+    strong = [5, 17, 40, 77]
+    for shard in src.glob("*.safetensors"):
+        tensors = load_file(shard)
+        for name, value in tensors.items():
+            if name.endswith("mlp.gate_proj.weight"):
+                value[strong] *= 100
+        save_file(tensors, shard, metadata={"format": "pt"})
+    keep = ps.plan(src, ps.PruneSpec(sizes={"intermediate_size": 40}, method="magnitude")).keep
+    for layer in map(str, range(4)):
+        assert set(strong) <= set(keep["ffn"][layer])
+    random_keep = ps.plan(src, ps.PruneSpec(sizes={"intermediate_size": 40})).keep
+    assert any(not set(strong) <= set(random_keep["ffn"][l]) for l in map(str, range(4)))
+
+
+def test_original_method_config_is_a_spec(checkpoints, tmp_path):
+    spec_file = tmp_path / "prune.json"
+    spec_file.write_text(json.dumps({"hidden_size_remain": 48, "num_attention_heads_remain": 4,
+                                     "ffn_hidden_size_remain": 64, "drop_layers": [1, 2]}))
+    spec = ps.load_spec_file(spec_file)
+    plan = ps.plan(checkpoints["llama"], spec)
+    assert plan.new_config["hidden_size"] == 48 and plan.new_config["intermediate_size"] == 64
+    assert plan.new_config["num_attention_heads"] == 4 and plan.keep["layers"] == [0, 3]
+
+
+def test_yaml_spec_and_cli_options_agree(checkpoints, tmp_path):
+    import subprocess
+    import sys
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text("hidden-size: 48\ndrop_layers: 1-2\nseed: 5\nmax_shard_size: 100KB\n")
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    for out, args in ((out_a, ["--spec", str(spec_file)]),
+                      (out_b, ["--hidden-size", "48", "--drop-layers", "1,2", "--seed", "5", "--max-shard-size", "100KB"])):
+        result = subprocess.run([sys.executable, "-m", "prune_surgery", "run", str(checkpoints["llama"]), str(out), "-q", *args],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    assert keep_of(out_a) == keep_of(out_b)
+    assert len(list(out_a.glob("*.safetensors"))) > 1
+    index = json.loads((out_a / "model.safetensors.index.json").read_text())
+    params_after = json.loads((out_a / "prune_surgery.json").read_text())["params"]["after"]
+    assert index["metadata"]["total_size"] == params_after * 4  # float32
