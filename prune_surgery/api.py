@@ -13,7 +13,7 @@ from .arch import Architecture, architecture_for
 from .backend import make_backend
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import CheckpointError
-from .output import TOKENIZER_FILES, atomic_folder, check_output, side_files
+from .output import atomic_folder, check_output, is_tokenizer_file, side_files
 from .plan import Plan, build_plan
 from .sizes import source_sizes
 from .spec import PruneSpec
@@ -119,7 +119,7 @@ def write_side_files(plan: Plan, storage: Storage, out_dir: Path) -> None:
     staging.mkdir()
     try:
         for name in names:
-            target = staging if name in TOKENIZER_FILES else out_dir
+            target = staging if is_tokenizer_file(name) else out_dir
             (target / name).write_bytes(storage.read_bytes(name))
         rewrite_tokenizer_files(staging, out_dir, plan.keep["vocab"], plan.vocab_rows)  # type: ignore[arg-type]
     finally:

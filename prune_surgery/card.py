@@ -57,7 +57,7 @@ def _front_matter(base_model: str | None) -> str:
 def _config_table(config: dict[str, Any], changes: dict[str, Any], params: dict[str, Any]) -> str:
     rows = ["| | original | pruned |", "|---|---|---|"]
     before, after = params.get("before"), params.get("after")
-    share = f" ({after / before:.1%})" if isinstance(before, int) and isinstance(after, int) and before else ""
+    share = f", {after / before:.1%} of the original" if isinstance(before, int) and isinstance(after, int) and before else ""
     rows.append(f"| parameters | {_count(before)} | {_count(after)}{share} |")
     keys = [k for k in SHOWN_KEYS if k in config or k in changes]
     keys += sorted(k for k in changes if k not in keys)
@@ -98,8 +98,18 @@ def _source_lines(source: dict[str, Any]) -> tuple[str | None, str]:
     return None, f"Pruned from {where}. That checkpoint's own model card, if any, was not copied; its terms still apply."
 
 
-def render_model_card(out_dir: Path) -> str:
-    """The README.md for the pruned checkpoint in `out_dir` (tolerates missing record keys)."""
+def _spec_block(spec: Any) -> str:
+    """The spec as JSON, one option per line."""
+    if not isinstance(spec, dict) or not spec:
+        return json.dumps(spec if spec is not None else {})
+    return "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(spec.items())) + "\n}"
+
+
+def render_model_card(out_dir: Path, repo_id: str | None = None) -> str:
+    """The README.md for the pruned checkpoint in `out_dir` (tolerates missing record keys).
+
+    `repo_id`, when known (at push time), names the repo in the title and the loading snippet.
+    """
     out_dir = Path(out_dir)
     config = _read_json(out_dir / "config.json")
     record = _read_json(out_dir / "prune_surgery.json")
@@ -107,11 +117,12 @@ def render_model_card(out_dir: Path) -> str:
     base_model, source_line = _source_lines(source)
     changes = record.get("config_changes") if isinstance(record.get("config_changes"), dict) else {}
     params = record.get("params") if isinstance(record.get("params"), dict) else {}
-    title = f"{base_model.split('/')[-1]}, pruned" if base_model else "Pruned checkpoint"
-    spec = json.dumps(record.get("spec", {}), indent=2, sort_keys=True)
-    details = [f"- {label}: `{_cell(record[key])}`" for key, label in (
+    title = repo_id or (f"{base_model.split('/')[-1]}, pruned" if base_model else "Pruned checkpoint")
+    spec = _spec_block(record.get("spec", {}))
+    details = [f"- {label}: `{_cell(record[key], 200)}`" for key, label in (
         ("method", "selection method"), ("seed", "seed"), ("norm_rescale", "RMSNorm rescaling"),
         ("plan_hash", "plan hash"), ("version", "prune-surgery version")) if key in record]
+    load = json.dumps(repo_id or "<this repo>")
     command = record.get("command") or "(not recorded)"
     parts = [
         _front_matter(base_model),
@@ -134,6 +145,6 @@ def render_model_card(out_dir: Path) -> str:
         "language modelling. Evaluate the source, this checkpoint and the recovered model on the same "
         "benchmarks, and keep the recovery data close to the source model's training mix.",
         "Load it like any `transformers` checkpoint: "
-        "`AutoModelForCausalLM.from_pretrained(\"<this repo>\")`.",
+        f"`AutoModelForCausalLM.from_pretrained({load})`.",
     ]
     return "\n\n".join(p.rstrip() for p in parts if p) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -125,11 +126,17 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
         device: Optional[str] = typer.Option(None, "--device", help="Slice with torch on cpu or cuda (default: numpy)"),
         workers: int = typer.Option(1, "--workers", help="Write N output shards concurrently"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display"),
+        push_to: Optional[str] = typer.Option(None, "--push-to", help="After success, upload OUT to this Hub repo (one commit)"),
+        private: bool = typer.Option(False, "--private", help="Create the --push-to repo as private"),
+        push_revision: Optional[str] = typer.Option(None, "--push-revision", help="Branch of the --push-to repo (default main)"),
+        commit_message: Optional[str] = typer.Option(None, "--commit-message", help="Message of the --push-to commit"),
         as_json: bool = typer.Option(False, "--json", help="Print the executed plan as JSON")) -> None:
     """Prune SRC into OUT: new shards, config.json, tokenizer files and prune_surgery.json."""
     spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, method, seed, balance,
                          keep, keep_vocab, pad_vocab, no_rescale, shard_size)
     bar, factory = _progress_factory(quiet)
+    if quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     command = "prune-surgery " + shlex.join(sys.argv[1:])
     try:
         the_plan = api.run(src, out, spec, revision=revision, stream=stream, overwrite=overwrite, device=device,
@@ -142,6 +149,25 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
     elif not quiet:
         print_plan(the_plan, console)
         console.print(f"wrote {out}")
+    if push_to:
+        from .hub import push_folder
+
+        url = push_folder(out, push_to, private=private, revision=push_revision, commit_message=commit_message,
+                          note=lambda line: Console(stderr=True).print(f"note: {line}", highlight=False))
+        console.print(f"pushed {out} to {url}")
+
+
+def _register_subcommands() -> None:
+    from .cli_hub import register
+    from .megatron.cli import app as megatron_app
+    from .vocab.cli import app as vocab_app
+
+    register(app)
+    app.add_typer(vocab_app, name="vocab", help="Vocabulary pruning: count token frequencies, verify tokenization")
+    app.add_typer(megatron_app, name="megatron", help="Megatron-LM tensor-parallel checkpoints: export, import, reshard")
+
+
+_register_subcommands()
 
 
 def main() -> None:

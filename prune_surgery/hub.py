@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError, PruneSurgeryError, SourceError
+from .errors import CheckpointError, OutputError, PruneSurgeryError, SourceError
 from .storage import LocalStorage, Storage
 
 HF_PREFIX = "hf://"
@@ -157,10 +157,14 @@ def _weight_files(repo_id: str, names: list[str], read_index: Callable[[], bytes
     """The safetensors shards a job needs: those the index names, else the top-level ones."""
     if INDEX_NAME in names:
         try:
-            weight_map = json.loads(read_index())["weight_map"]
-            return sorted({str(f) for f in weight_map.values()})
-        except (ValueError, KeyError, TypeError):
+            shards = sorted({str(f) for f in json.loads(read_index())["weight_map"].values()})
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise SourceError(f"{INDEX_NAME} in {repo_id} is not a valid index (needs a 'weight_map' object)") from None
+        missing = sorted(set(shards) - set(names))
+        if missing:
+            raise SourceError(f"{INDEX_NAME} in {repo_id} names {missing[0]}, which the repo does not hold; "
+                              "the checkpoint is incomplete")
+        return shards
     shards = sorted(n for n in names if n.endswith(".safetensors") and "/" not in n)
     if shards:
         return shards
@@ -210,12 +214,28 @@ def resolve_hub_source(src: str, revision: str | None, stream: bool) -> tuple[St
         except Exception:  # noqa: BLE001 - no cached listing (old cache): what the snapshot holds
             names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
         shards = _weight_files(repo_id, names, lambda: (folder / INDEX_NAME).read_bytes())
-        missing = sorted(set(shards) - set(names))
-        if missing:
-            raise SourceError(f"{INDEX_NAME} in {repo_id} names {missing[0]}, which the repo does not hold; "
-                              "the checkpoint is incomplete")
         folder = download(shards)
-    return LocalStorage(folder), _source_record(repo_id, revision, commit.resolved, str(folder))
+    return SnapshotStorage(folder), _source_record(repo_id, revision, commit.resolved, str(folder))
+
+
+class SnapshotStorage(LocalStorage):
+    """A snapshot in the Hub cache: its files are symlinks into the repo's ``blobs/`` folder.
+
+    LocalStorage refuses names that resolve outside the folder; here a name must stay inside
+    the snapshot as written, and may resolve only into the snapshot or the repo's blob store.
+    """
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.blobs = self.root.parent.parent / "blobs"  # <cache>/models--org--name/{snapshots/<sha>,blobs}
+
+    def _path(self, name: str) -> Path:
+        written = Path(os.path.normpath(self.root / name))
+        path = written.resolve()
+        if (written == self.root or self.root in written.parents) and (
+                path == self.root or self.root in path.parents or self.blobs in path.parents):
+            return path
+        raise CheckpointError(f"{name!r} points outside the checkpoint folder; an index may only name files inside it")
 
 
 class HubBlob:
@@ -258,6 +278,7 @@ class HubStorage:
         self.repo_id, self.commit = repo_id, commit
         self.description = f"{HF_PREFIX}{repo_id}@{commit}"
         self.fs = HfFileSystem(endpoint=_endpoint(), skip_instance_cache=True)
+        self._small: dict[str, bytes] = {}  # read_bytes results: config, index, tokenizer are read more than once
         with _hub_errors(repo_id, commit, push=False):
             entries = _api().list_repo_tree(repo_id, revision=commit, recursive=True)
             self._sizes = {f.path: (f.lfs.size if f.lfs else f.size) for f in entries if hasattr(f, "size")}
@@ -282,8 +303,14 @@ class HubStorage:
         return self._sizes[name]
 
     def read_bytes(self, name: str) -> bytes:
-        """The whole content of a small file."""
-        return bytes(self.open_blob(name).read(0, self.size(name)))
+        """The whole content of a small file (fetched once, then remembered)."""
+        if name not in self._small:
+            blob = self.open_blob(name)
+            try:
+                self._small[name] = bytes(blob.read(0, blob.size))
+            finally:
+                blob.close()
+        return self._small[name]
 
     def open_blob(self, name: str) -> HubBlob:
         """Range-request access to `name`."""
@@ -300,7 +327,7 @@ def _upload_names(out_dir: Path) -> list[str]:
                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out_dir).parts))
 
 
-def prepare_card(out_dir: Path, note: Callable[[str], None] = lambda _: None) -> None:
+def prepare_card(out_dir: Path, note: Callable[[str], None] = lambda _: None, repo_id: str | None = None) -> None:
     """Write the generated model card to OUT/README.md unless the user wrote their own there."""
     from .card import GENERATED_MARK, render_model_card
 
@@ -308,7 +335,7 @@ def prepare_card(out_dir: Path, note: Callable[[str], None] = lambda _: None) ->
     if card.exists() and GENERATED_MARK not in card.read_text(encoding="utf-8", errors="replace"):
         note(f"{card} was not written by prune-surgery; it is uploaded as it is (delete it to get the generated card)")
         return
-    card.write_text(render_model_card(out_dir), encoding="utf-8")
+    card.write_text(render_model_card(out_dir, repo_id), encoding="utf-8")
 
 
 def push_folder(out_dir: Path, repo_id: str, *, private: bool = False, revision: str | None = None,
@@ -329,7 +356,7 @@ def push_folder(out_dir: Path, repo_id: str, *, private: bool = False, revision:
         raise OutputError(f"{repo_id!r} is not a repo id; write it as user/name or org/name")
     if _offline():
         raise OutputError(f"cannot push to {repo_id}: HF_HUB_OFFLINE=1 is set; unset it to push")
-    prepare_card(out_dir, note)
+    prepare_card(out_dir, note, repo_id)
     names = _upload_names(out_dir)
     branch = revision or "main"
     api = _api()

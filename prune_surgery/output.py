@@ -24,8 +24,13 @@ SKIP = (
 #: tokenizer files, rewritten instead of copied when the vocabulary is pruned
 TOKENIZER_FILES = (
     "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
+    "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "*.tiktoken", "tiktoken.model",
 )
+
+
+def is_tokenizer_file(name: str) -> bool:
+    """Whether a side file belongs to the tokenizer (rewritten when the vocabulary is pruned)."""
+    return any(fnmatch.fnmatch(name, pattern) for pattern in TOKENIZER_FILES)
 
 
 def check_output(out: Path, source_root: Path | None, overwrite: bool) -> None:

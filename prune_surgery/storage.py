@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol, runtime_checkable
 
 from .errors import CheckpointError
@@ -101,12 +101,13 @@ class LocalStorage:
             raise CheckpointError(f"source {root} is not a folder; give a checkpoint folder or a Hub repo id")
 
     def _path(self, name: str) -> Path:
-        path = (self.root / name).resolve()
-        if path != self.root and self.root not in path.parents:
+        """`name` under the root; names are checked as written, so symlinks (Hub cache) work."""
+        path = PurePosixPath(name)
+        if not path.parts or path.is_absolute() or ".." in path.parts or "\\" in name:
             raise CheckpointError(
                 f"{name!r} points outside the checkpoint folder; an index may only name files inside it"
             )
-        return path
+        return self.root.joinpath(*path.parts)
 
     def exists(self, name: str) -> bool:
         """Whether the file `name` exists inside the folder."""

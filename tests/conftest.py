@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
 from models import build
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file in a folder (to prove the source is never modified)."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 @pytest.fixture(scope="session")

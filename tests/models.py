@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,8 @@ def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def sample_ids(vocab: int = 128, seed: int = 1) -> torch.Tensor:
     """A fixed batch of token ids."""
     return torch.randint(0, vocab, (2, 12), generator=torch.Generator().manual_seed(seed))
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file in a folder (to prove the source is never modified)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tree_digest
+from models import tree_digest
+
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

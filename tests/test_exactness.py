@@ -11,8 +11,7 @@ import torch
 from safetensors import safe_open
 
 import prune_surgery as ps
-from conftest import tree_digest
-from models import keep_of, load, logits, masked_reference, sample_ids
+from models import keep_of, load, logits, masked_reference, sample_ids, tree_digest
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "llama_tied", "qwen2_tied"]
 
