@@ -1,0 +1,21 @@
+"""Megatron-core checkpoints: HF export/import, TP resharding and balanced pruning.
+
+Needs torch (the optional extra); torch is imported inside the functions, never when this
+package is imported.
+
+- :func:`export_hf` — HF LLaMA safetensors -> Megatron (any TP size, GQA)
+- :func:`import_megatron` — Megatron (mcore or older ``language_model`` layout) -> HF
+- :func:`reshard_megatron` — change the TP size
+- :func:`prune_megatron` — apply kept indices per rank (balanced)
+- :func:`is_megatron_checkpoint` — does a folder look like one (no torch needed)
+"""
+
+from __future__ import annotations
+
+from .export import export_hf
+from .folder import is_megatron_checkpoint, read_checkpoint
+from .importer import import_megatron
+from .prune import prune_megatron
+from .reshard import reshard_megatron
+
+__all__ = ["export_hf", "import_megatron", "reshard_megatron", "prune_megatron", "is_megatron_checkpoint", "read_checkpoint"]
