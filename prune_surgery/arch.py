@@ -38,6 +38,8 @@ class TensorRole:
     optional: bool = False
     tied_to: str | None = None
     pattern: re.Pattern[str] = field(compare=False, default=re.compile(""))
+    norm_final: bool = False  # `norm: final`: feeds the lm_head (see plan._rescale)
+    hidden_scale: bool = False  # multiply by sqrt(d/d') when hidden is pruned (see plan._rescale)
 
     @property
     def placeholders(self) -> tuple[str, ...]:
@@ -55,6 +57,12 @@ class Space:
     unit: str | int = 1
     within: str | None = None
     default: str | None = None
+
+
+#: norm kinds a table may name, and the offset their stored weight carries
+NORM_OFFSETS = {"rms": 0.0, "rms_one_plus": 1.0, "layernorm": 0.0}
+#: `require` rule kinds (see tables/README.md)
+RULES = ("divides", "at_most", "equals")
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,14 @@ class Architecture:
     layer_counts: tuple[str, ...]
     layer_ids: tuple[str, ...]
     require: tuple[dict[str, Any], ...]
+    layer_steps: tuple[dict[str, Any], ...] = ()
+    layer_patterns: tuple[dict[str, Any], ...] = ()
+    approximate: str = ""
+
+    @property
+    def norm_offset(self) -> float:
+        """Stored norm weight w acts as (w + offset): 1 for `rms_one_plus` (Gemma), else 0."""
+        return NORM_OFFSETS.get(self.norm, 0.0)
 
     def match(self, name: str) -> tuple[TensorRole, dict[str, int]] | None:
         """The role claiming `name` and its placeholder values, or None for a dropped buffer.
@@ -161,10 +177,23 @@ def load_architecture(family: str) -> Architecture:
     roles = {}
     for role, entry in t.get("tensors", {}).items():
         axes = tuple(_axis(a, known, f"{family}.{role}") for a in entry["axes"])
+        norm = entry.get("norm")
+        if norm not in (None, False, True, "final"):
+            raise ArchitectureError(f"table {family}.{role}: norm must be true or 'final', got {norm!r}")
         roles[role] = TensorRole(
-            role, entry["name"], axes, bool(entry.get("norm")), bool(entry.get("optional")),
-            entry.get("tied_to"), _compile(entry["name"]),
+            role, entry["name"], axes, bool(norm), bool(entry.get("optional")),
+            entry.get("tied_to"), _compile(entry["name"]), norm == "final", bool(entry.get("hidden_scale")),
         )
+    if t.get("norm", "rms") not in NORM_OFFSETS:
+        raise ArchitectureError(f"table {family}: norm must be one of {', '.join(NORM_OFFSETS)}")
+    for rule in t.get("require", []):
+        kinds = [k for k in RULES if k in rule]
+        if len(kinds) != 1 or len(rule[kinds[0]]) != 2:
+            raise ArchitectureError(f"table {family}: a require rule needs exactly one of {', '.join(RULES)} with two operands: {rule}")
+        for operand in rule[kinds[0]]:
+            for part in str(operand).split("*"):
+                if part not in known and not part.isdigit():
+                    raise ArchitectureError(f"table {family}: require rule {rule} names unknown space or dim {part!r}")
     layer_config = t.get("layer_config", {})
     tie = t.get("tie", {})
     return Architecture(
@@ -183,6 +212,9 @@ def load_architecture(family: str) -> Architecture:
         layer_counts=_list(layer_config.get("counts")),
         layer_ids=_list(layer_config.get("ids")),
         require=tuple(t.get("require", [])),
+        layer_steps=tuple(layer_config.get("steps", [])),
+        layer_patterns=tuple(layer_config.get("patterns", [])),
+        approximate=str(t.get("approximate", "")),
     )
 
 
@@ -201,5 +233,8 @@ def architecture_for(config: dict[str, Any]) -> Architecture:
     supported = ", ".join(t for f in families() for t in load_architecture(f).model_types)
     raise ArchitectureError(
         f"model_type {model_type!r} is not supported (supported: {supported}); "
-        "see README 'Adding an architecture' to describe it in a table"
+        "to add one, write a table of data (see README 'Adding an architecture' and "
+        "prune_surgery/tables/README.md; a family extends another, e.g. `extends: llama`, and lists its "
+        "`model_types`, prunable `spaces` with their config keys, and every tensor name template with "
+        "the space of each axis)"
     )

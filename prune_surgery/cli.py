@@ -33,6 +33,9 @@ Hidden = typer.Option(None, "--hidden-size", help="Target hidden size")
 Heads = typer.Option(None, "--num-attention-heads", help="Target query heads")
 KvHeads = typer.Option(None, "--num-key-value-heads", help="Target key/value heads (GQA groups)")
 Ffn = typer.Option(None, "--intermediate-size", help="Target FFN size")
+Experts = typer.Option(None, "--num-experts", help="Target experts per MoE layer (num_experts_per_tok must stay <= N)")
+MoeFfn = typer.Option(None, "--moe-intermediate-size", help="Target FFN size of each expert (Qwen-MoE)")
+SharedFfn = typer.Option(None, "--shared-expert-intermediate-size", help="Target FFN size of the shared expert (Qwen-MoE)")
 Method = typer.Option(None, "--method", help="random (seeded) or magnitude (largest L2 norm)")
 Seed = typer.Option(None, "--seed", help="Seed of random selection (default 1234)")
 Balance = typer.Option(None, "--balance", help="Keep the same count in each of N contiguous partitions (tensor parallel)")
@@ -59,11 +62,12 @@ def _spec(spec_file: Optional[Path], **options: Any) -> PruneSpec:
     return merged.with_options(sizes=sizes)
 
 
-def _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, method, seed, balance,
-                  keep, keep_vocab, pad_vocab, no_rescale, shard_size) -> PruneSpec:  # type: ignore[no-untyped-def]
+def _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn, method, seed,
+                  balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size) -> PruneSpec:  # type: ignore[no-untyped-def]
     return _spec(
         spec_file, drop_layers=drop_layers, num_hidden_layers=num_layers, hidden_size=hidden,
-        num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=ffn, method=method,
+        num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=ffn, num_experts=experts,
+        moe_intermediate_size=moe_ffn, shared_expert_intermediate_size=shared_ffn, method=method,
         seed=seed, balance=balance, keep=keep, keep_vocab=keep_vocab, pad_vocab_to_multiple_of=pad_vocab,
         norm_rescale=False if no_rescale else None, max_shard_size=shard_size,
     )
@@ -83,15 +87,16 @@ def inspect(src: str = Src, revision: Optional[str] = Revision, stream: bool = S
 @app.command()
 def plan(src: str = Src, spec_file: Optional[Path] = SpecFile, drop_layers: Optional[str] = DropLayers,
          num_layers: Optional[int] = NumLayers, hidden: Optional[int] = Hidden, heads: Optional[int] = Heads,
-         kv: Optional[int] = KvHeads, ffn: Optional[int] = Ffn, method: Optional[str] = Method,
+         kv: Optional[int] = KvHeads, ffn: Optional[int] = Ffn, experts: Optional[int] = Experts,
+         moe_ffn: Optional[int] = MoeFfn, shared_ffn: Optional[int] = SharedFfn, method: Optional[str] = Method,
          seed: Optional[int] = Seed, balance: Optional[int] = Balance, keep: Optional[Path] = KeepFile,
          keep_vocab: Optional[Path] = KeepVocab, pad_vocab: Optional[int] = PadVocab,
          no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize,
          revision: Optional[str] = Revision, stream: bool = Stream,
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output")) -> None:
     """Plan the pruning: new config, sizes, shards, memory, warnings. Writes nothing."""
-    spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, method, seed, balance,
-                         keep, keep_vocab, pad_vocab, no_rescale, shard_size)
+    spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn,
+                         method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size)
     the_plan = api.plan(src, spec, revision=revision, stream=stream)
     if as_json:
         typer.echo(json.dumps(plan_json(the_plan), indent=1))
@@ -117,7 +122,8 @@ def _progress_factory(quiet: bool) -> tuple[Progress | None, Callable[[Plan], Ca
 def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (created atomically)"),
         spec_file: Optional[Path] = SpecFile, drop_layers: Optional[str] = DropLayers,
         num_layers: Optional[int] = NumLayers, hidden: Optional[int] = Hidden, heads: Optional[int] = Heads,
-        kv: Optional[int] = KvHeads, ffn: Optional[int] = Ffn, method: Optional[str] = Method,
+        kv: Optional[int] = KvHeads, ffn: Optional[int] = Ffn, experts: Optional[int] = Experts,
+        moe_ffn: Optional[int] = MoeFfn, shared_ffn: Optional[int] = SharedFfn, method: Optional[str] = Method,
         seed: Optional[int] = Seed, balance: Optional[int] = Balance, keep: Optional[Path] = KeepFile,
         keep_vocab: Optional[Path] = KeepVocab, pad_vocab: Optional[int] = PadVocab,
         no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize,
@@ -132,8 +138,8 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
         commit_message: Optional[str] = typer.Option(None, "--commit-message", help="Message of the --push-to commit"),
         as_json: bool = typer.Option(False, "--json", help="Print the executed plan as JSON")) -> None:
     """Prune SRC into OUT: new shards, config.json, tokenizer files and prune_surgery.json."""
-    spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, method, seed, balance,
-                         keep, keep_vocab, pad_vocab, no_rescale, shard_size)
+    spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn,
+                         method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size)
     bar, factory = _progress_factory(quiet)
     if quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -36,8 +36,12 @@ def rewrite_config(
 
 def _remap_layer_keys(arch: Architecture, config: dict[str, Any], new: dict[str, Any], layers: list[int], n: int) -> None:
     position = {old: i for i, old in enumerate(layers)}
-    for key in arch.layer_lists:
-        value = config_get(config, key, None)
+    lists = {key: config_get(config, key, None) for key in arch.layer_lists}
+    for rule in arch.layer_patterns:  # a per-layer list the config leaves implicit: write it out
+        if not isinstance(lists.get(rule["list"]), list):
+            step = int(config_get(config, rule["step"], None) or rule["default"]) if rule.get("step") else int(rule["default"])
+            lists[rule["list"]] = [rule["every"] if (i + 1) % step == 0 else rule["other"] for i in range(n)]
+    for key, value in lists.items():
         if isinstance(value, list) and len(value) == n:
             config_set(new, key, [value[i] for i in layers])
     for key in arch.layer_counts:
@@ -48,6 +52,12 @@ def _remap_layer_keys(arch: Architecture, config: dict[str, Any], new: dict[str,
         value = config_get(config, key, None)
         if isinstance(value, list):
             config_set(new, key, [position[i] for i in value if i in position])
+    for rule in arch.layer_steps:  # layer i is marked if listed in `ids` or (i + 1) % step != 0
+        step = int(config_get(config, rule["step"], None) or 1)
+        ids = set(config_get(config, rule["ids"], None) or [])
+        marked = [position[i] for i in layers if i in ids or (i + 1) % step]
+        config_set(new, rule["ids"], marked)
+        config_set(new, rule["step"], 1)
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:

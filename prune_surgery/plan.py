@@ -37,6 +37,7 @@ class TensorPlan:
     index: tuple[np.ndarray | None, ...]  # kept element indices per axis (None: all)
     rescale: float | None = None  # RMSNorm weight scale (hidden pruning)
     pad_rows: int = 0  # zero rows appended (vocab padding)
+    rescale_offset: float = 0.0  # the weight acts as (w + offset): written as (w + offset) * rescale - offset
 
     @property
     def identity(self) -> bool:
@@ -145,7 +146,8 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         wanted = {s for s in arch.spaces if s not in ("layers", "vocab") and targets[s] != sizes[s]}
         wanted |= {arch.spaces[s].within for s in wanted if arch.spaces[s].within}  # type: ignore[misc]
         table = compute_scores(ckpt, arch, sizes, wanted, layers, block_bytes)
-        scores = lambda space, key: table[(space, key)]  # noqa: E731
+        # a scope no tensor carries (the experts of a dense layer of a MoE model) scores zero
+        scores = lambda space, key: table.get((space, key), np.zeros(sizes[space]))  # noqa: E731
     keep = select_keep(arch, sizes, targets, spec, layers, scores)
     _check_nesting(arch, keep, sizes)
     check_targets(arch, sizes, targets, spec)
@@ -184,10 +186,11 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
             shape.append(length if idx is None else len(idx))
         rows_pad = pad if role.axes[0][0].space == "vocab" else 0
         shape[0] += rows_pad
-        rescale = hidden_scale if role.norm and hidden_scale != 1.0 and spec.norm_rescale else None
+        rescale = _rescale(arch, role, hidden_scale, tied) if spec.norm_rescale else None
+        offset = arch.norm_offset if rescale is not None and role.norm else 0.0
         itemsize = ref.nbytes // max(ref.numel, 1) if ref.numel else 0
         out = OutTensor(name, ref.dtype, tuple(shape), math.prod(shape) * itemsize)
-        tensors.append(TensorPlan(ref, out, role.role, tuple(index), rescale, rows_pad))
+        tensors.append(TensorPlan(ref, out, role.role, tuple(index), rescale, rows_pad, offset))
     _check_required(arch, sizes, seen, tied)
 
     vocab_rows = targets.get("vocab", 0) + pad
@@ -210,6 +213,29 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     return plan
 
 
+def _rescale(arch: Architecture, role: TensorRole, hidden_scale: float, tied: bool) -> float | None:
+    """The factor that keeps hidden pruning exact for this tensor, or None.
+
+    An RMSNorm over d' channels needs its weight times sqrt(d/d') (`norm: true`) and its eps
+    times d/d' (configedit).  `hidden_scale: true` marks a tensor that needs the same factor for
+    another reason: the model multiplies it by sqrt(hidden_size) at run time (Gemma's
+    embedding), or it feeds a head_dim norm that shares the rescaled eps (q/k_proj before
+    q_norm/k_norm: RMSNorm(c*x) with eps*c^2 equals RMSNorm(x) with eps).  A `norm: final`
+    norm feeds the lm_head: when the lm_head is tied to a `hidden_scale` embedding it already
+    carries the factor, so the norm needs none.
+    """
+    if hidden_scale == 1.0:
+        return None
+    factor = 1.0
+    if role.norm or role.hidden_scale:
+        factor = hidden_scale
+    if role.norm_final and tied:
+        head = next((r for r in arch.roles.values() if r.tied_to), None)
+        if head is not None and head.tied_to in arch.roles and arch.roles[head.tied_to].hidden_scale:
+            factor /= hidden_scale
+    return None if factor == 1.0 else factor
+
+
 def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], tied: bool) -> None:
     for role in arch.roles.values():
         if role.optional or (role.tied_to and tied):
@@ -230,20 +256,26 @@ def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], t
 
 
 def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
-    """Working memory of the stream: two row blocks plus index arrays and norm copies."""
+    """Working memory of the stream: two row blocks, index arrays, float32 copies of a rescaled block."""
     if not tensors:
         return 0
+
+    def float_copies(t: TensorPlan) -> int:
+        itemsize = max(1, t.out.nbytes // max(1, math.prod(t.out.shape)))
+        return min(t.out.nbytes, block_bytes) // itemsize * 8  # values and result, float32
+
     block = max(min(t.out.nbytes, block_bytes) for t in tensors)
     index = max(sum(i.nbytes for i in t.index if i is not None) for t in tensors)
-    norms = max((t.source.numel * 8 for t in tensors if t.rescale), default=0)
-    return 2 * block + index + norms
+    rescaled = max((float_copies(t) for t in tensors if t.rescale), default=0)
+    return 2 * block + index + rescaled
 
 
 def _warnings(plan: Plan, pad: int) -> list[str]:
     notes = []
     if plan.targets["hidden"] != plan.sizes["hidden"]:
         if plan.arch.norm == "layernorm":
-            notes.append("hidden pruning under LayerNorm is approximate: the mean and variance change; expect to recover by training")
+            notes.append("hidden pruning under LayerNorm is approximate: the mean and variance change; expect to recover by training"
+                         + (f" ({plan.arch.approximate})" if plan.arch.approximate else ""))
         elif not plan.spec.norm_rescale:
             notes.append("--no-norm-rescale: RMSNorm now averages over fewer channels, so outputs differ from the masked original")
     if pad:
@@ -258,7 +290,8 @@ def plan_hash(plan: Plan) -> str:
     digest = hashlib.sha256()
     digest.update(dump_json(plan.new_config).encode())
     for t in plan.tensors:
-        digest.update(dump_json([t.source.name, t.out.name, t.out.dtype, list(t.out.shape), t.rescale, t.pad_rows]).encode())
+        extra = [t.rescale_offset] if t.rescale_offset else []
+        digest.update(dump_json([t.source.name, t.out.name, t.out.dtype, list(t.out.shape), t.rescale, t.pad_rows, *extra]).encode())
         for idx in t.index:
             digest.update(b"-" if idx is None else idx.tobytes())
     digest.update(dump_json([[s.file, [x.name for x in s.tensors]] for s in plan.shards]).encode())

@@ -76,11 +76,25 @@ def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, 
                 if n % spec.balance:
                     raise SpecError(f"--balance {spec.balance} needs {space.keys[0]} sizes divisible by it ({sizes[name]} -> {targets[name]})")
     for rule in arch.require:
-        a, b = rule["divides"]
-        if targets[b] % targets[a]:
-            raise SpecError(
-                f"{arch.spaces[b].keys[0]}={targets[b]} is not a multiple of {arch.spaces[a].keys[0]}={targets[a]}: {rule['why']}"
-            )
+        kind = next(k for k in ("divides", "at_most", "equals") if k in rule)
+        (a, va), (b, vb) = (_operand(arch, sizes, targets, x) for x in rule[kind])
+        broken = {"divides": vb % va != 0, "at_most": va > vb, "equals": va != vb}[kind]
+        if broken:
+            relation = {"divides": "must divide", "at_most": "must be at most", "equals": "must equal"}[kind]
+            raise SpecError(f"{a}={va} {relation} {b}={vb}: {rule.get('why', 'required by the ' + arch.family + ' table')}")
+
+
+def _operand(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], operand: str) -> tuple[str, int]:
+    """(description, value) of a require operand: a space or dim, or a product `a*b`."""
+    value, names = 1, []
+    for part in str(operand).split("*"):
+        if part.isdigit():
+            value, name = value * int(part), part
+        else:
+            value *= targets[part] if part in targets else sizes[part]
+            name = arch.spaces[part].keys[0] if part in arch.spaces else arch.dims[part].get("key") or part
+        names.append(name)
+    return "*".join(names), value
 
 
 def layers_to_drop(n: int, drop: int) -> list[int]:
@@ -153,7 +167,7 @@ def select_keep(
     if spec.keep_vocab is not None:
         keep["vocab"] = list(spec.keep_vocab)
     explicit = spec.keep or {}
-    order = sorted(arch.spaces, key=lambda s: (arch.spaces[s].within is not None, s))
+    order = sorted(arch.spaces, key=lambda s: (_depth(arch, s), s))
     for name in order:
         space = arch.spaces[name]
         if name in ("layers", "vocab") or name in keep:
@@ -175,6 +189,14 @@ def select_keep(
                 chosen[key] = choose(sizes[name], targets[name], spec.method, rng, score, spec.balance or 1)
         keep[name] = chosen[""] if keys == [""] else chosen
     return keep
+
+
+def _depth(arch: Architecture, name: str) -> int:
+    """How many spaces must be chosen before `name` (its `within` and the owners of its `per`)."""
+    space = arch.spaces[name]
+    owners = [arch.placeholders[p] for p in space.per if arch.placeholders.get(p) not in (None, "layers", name)]
+    owners += [space.within] if space.within else []
+    return 1 + max((_depth(arch, o) for o in owners), default=-1)
 
 
 def _choose_within(arch: Architecture, name: str, key: str, keep: Keep, sizes: dict[str, int],

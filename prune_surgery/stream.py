@@ -24,6 +24,14 @@ from .storage import Blob, Storage
 Progress = Callable[[int], None]
 
 
+def _rescaled(block: np.ndarray, tp: TensorPlan) -> np.ndarray:
+    """(w + offset) * scale - offset in float32, rounded back to the storage dtype (one block)."""
+    offset, scale = np.float32(tp.rescale_offset), np.float32(tp.rescale)
+    values = to_float32(block, tp.source.dtype)
+    values = (values + offset) * scale - offset if offset else values * scale
+    return from_float32(values, tp.source.dtype).reshape(block.shape)
+
+
 def _blocks(tp: TensorPlan, blob: Blob, backend: Backend, block_bytes: int) -> Iterator[np.ndarray | memoryview]:
     ref = tp.source
     if ref.nbytes == 0:
@@ -35,8 +43,6 @@ def _blocks(tp: TensorPlan, blob: Blob, backend: Backend, block_bytes: int) -> I
             blob.release(ref.offset + start, min(block_bytes, ref.nbytes - start))
         return
     raw = np.frombuffer(data, dtype=raw_dtype(ref.dtype)).reshape(ref.shape)
-    if tp.rescale is not None:  # a norm weight: small, done whole in float32 on the CPU
-        raw = from_float32(to_float32(raw, ref.dtype) * np.float32(tp.rescale), ref.dtype).reshape(ref.shape)
     rows, rest = tp.index[0], tp.index[1:]
     row_bytes = max(1, ref.nbytes // max(1, ref.shape[0]))
     step = max(1, block_bytes // row_bytes)
@@ -52,6 +58,8 @@ def _blocks(tp: TensorPlan, blob: Blob, backend: Backend, block_bytes: int) -> I
         for axis, idx in enumerate(rest, start=1):
             if idx is not None:
                 block = backend.take(block, idx, axis)
+        if tp.rescale is not None:
+            block = _rescaled(block, tp)
         yield np.ascontiguousarray(block)
         blob.release(ref.offset + lo * row_bytes, (hi - lo) * row_bytes)
     if tp.pad_rows:

@@ -8,14 +8,23 @@ package is imported.
 - :func:`reshard_megatron` — change the TP size
 - :func:`prune_megatron` — apply kept indices per rank (balanced)
 - :func:`is_megatron_checkpoint` — does a folder look like one (no torch needed)
+- :func:`megatron_config` — the HF config of a Megatron checkpoint (for selecting kept indices)
 """
 
 from __future__ import annotations
 
 from .export import export_hf
 from .folder import is_megatron_checkpoint, read_checkpoint
-from .importer import import_megatron
+from .importer import import_megatron, megatron_config
 from .prune import prune_megatron
 from .reshard import reshard_megatron
 
-__all__ = ["export_hf", "import_megatron", "reshard_megatron", "prune_megatron", "is_megatron_checkpoint", "read_checkpoint"]
+__all__ = [
+           "export_hf",
+           "import_megatron",
+           "is_megatron_checkpoint",
+           "megatron_config",
+           "prune_megatron",
+           "read_checkpoint",
+           "reshard_megatron",
+]

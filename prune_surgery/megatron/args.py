@@ -33,7 +33,7 @@ def hf_to_args(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_args(base: dict[str, Any], shapes: Shapes, *, tp: int, tied: bool, eps: float, dtype: str,
-               spec: str, divisible_by: int, iteration: int | str) -> argparse.Namespace:
+               spec: str, divisible_by: int) -> argparse.Namespace:
     """`base` (plain values) updated with everything that fixes the checkpoint's shapes."""
     bf16, fp16 = DTYPE_FLAGS[dtype]
     values = dict(base)
@@ -51,7 +51,7 @@ def build_args(base: dict[str, Any], shapes: Shapes, *, tp: int, tied: bool, eps
         "use_rotary_position_embeddings": True, "rotary_percent": 1.0, "rotary_interleaved": False,
         "apply_layernorm_1p": False, "bf16": bf16, "fp16": fp16,
         "transformer_impl": "transformer_engine" if spec == "te" else "local",
-        "ckpt_format": "torch", "use_dist_ckpt": False, "iteration": 0 if iteration == "release" else int(iteration),
+        "ckpt_format": "torch", "use_dist_ckpt": False,
         "consumed_train_samples": base.get("consumed_train_samples", 0),
         "consumed_valid_samples": base.get("consumed_valid_samples", 0),
     })

@@ -7,7 +7,6 @@ checkpoint goes through ``prune-surgery run`` (which dispatches to :func:`prune_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -41,7 +40,7 @@ def export_cmd(
 def import_cmd(
     src: Path = typer.Argument(..., help="Megatron checkpoint folder (or its iter_* folder)"),
     out: Path = typer.Argument(..., help="Hugging Face folder to create"),
-    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Unpadded vocabulary size (default: recorded at export, else the padded size)"),
+    vocab_size: int | None = typer.Option(None, "--vocab-size", help="Unpadded vocabulary size (default: recorded at export, else the padded size)"),
     max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest output shard, e.g. 5GB"),
     overwrite: bool = Overwrite,
 ) -> None:
@@ -58,8 +57,8 @@ def reshard_cmd(
     src: Path = typer.Argument(..., help="Megatron checkpoint folder"),
     out: Path = typer.Argument(..., help="Megatron checkpoint folder to create"),
     tp: int = typer.Option(..., "--tp", help="New tensor-parallel size"),
-    spec: Optional[str] = typer.Option(None, "--layer-spec", help="te or local (default: the source's)"),
-    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Unpadded vocabulary size (default: recorded at export)"),
+    spec: str | None = typer.Option(None, "--layer-spec", help="te or local (default: the source's)"),
+    vocab_size: int | None = typer.Option(None, "--vocab-size", help="Unpadded vocabulary size (default: recorded at export)"),
     overwrite: bool = Overwrite,
 ) -> None:
     """Change the tensor-parallel size of a Megatron checkpoint."""

@@ -7,7 +7,9 @@ is one rank's state dict (the model divided by TP) plus one tensor.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..checkpoint import open_checkpoint
 from ..errors import SpecError
@@ -16,10 +18,17 @@ from ..storage import LocalStorage
 from .args import build_args, hf_to_args, rank_content
 from .folder import HF_DIR, SIDE_FILE, TORCH_DTYPES, from_raw, rank_model, rank_path, write_tracker
 from .hf import HFReader, hf_shapes
-from .layout import rank_part
+from .layout import Shapes, rank_part
 from .safeload import save_rank_file
 
+if TYPE_CHECKING:
+    import torch
+
 SPECS = ("te", "local")
+
+
+def _tensor(source: HFReader, shapes: Shapes, tp: int, rank: int, role: str, layer: int | None) -> torch.Tensor:
+    return from_raw(rank_part(role, shapes, tp, rank, source.reader(role, layer)), source.dtype(role, layer))
 
 
 def export_hf(src: Path, out: Path, *, tp: int = 1, spec: str = "te", iteration: int = 1,
@@ -46,13 +55,12 @@ def export_hf(src: Path, out: Path, *, tp: int = 1, spec: str = "te", iteration:
             raise SpecError(f"{ref.name} is {ref.dtype}; Megatron export supports {', '.join(TORCH_DTYPES)} weights")
     eps = float(ckpt.config.get("rms_norm_eps", 1e-6))
     args = build_args(hf_to_args(ckpt.config), shapes, tp=tp, tied=tied, eps=eps, dtype=dtype,
-                      spec=spec, divisible_by=divisible_by, iteration=iteration)
+                      spec=spec, divisible_by=divisible_by)
     try:
         with atomic_folder(Path(out)) as tmp:
             folder = write_tracker(tmp, iteration)
             for rank in range(tp):
-                model = rank_model(shapes, spec, tied, lambda role, layer: from_raw(
-                    rank_part(role, shapes, tp, rank, source.reader(role, layer)), source.dtype(role, layer)))
+                model = rank_model(shapes, spec, tied, partial(_tensor, source, shapes, tp, rank))
                 save_rank_file(rank_path(folder, rank), rank_content(args, iteration, model))
                 del model
             (tmp / HF_DIR).mkdir()

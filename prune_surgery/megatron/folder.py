@@ -14,16 +14,25 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..dtypes import raw_dtype
 from ..errors import ArchitectureError, CheckpointError, SpecError
 from .layout import (
-    EXTRA_STATES, LAYER_ROLES, SegmentReader, Shapes, parse_name, rank_segments, take_range, vocab_reader, write_name,
+    EXTRA_STATES,
+    LAYER_ROLES,
+    SegmentReader,
+    Shapes,
+    parse_name,
+    rank_segments,
+    take_range,
+    vocab_reader,
+    write_name,
 )
 from .safeload import load_rank_file, plain
 
@@ -39,7 +48,7 @@ TORCH_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 _SIGNED = {2: np.int16, 4: np.int32}
 
 
-def dtype_name(tensor: "torch.Tensor") -> str:
+def dtype_name(tensor: torch.Tensor) -> str:
     """The safetensors dtype name of a torch tensor (F32, BF16 or F16)."""
     for name, attr in TORCH_DTYPES.items():
         if str(tensor.dtype) == f"torch.{attr}":
@@ -47,7 +56,7 @@ def dtype_name(tensor: "torch.Tensor") -> str:
     raise CheckpointError(f"Megatron tensor of dtype {tensor.dtype} is not supported (F32, BF16 and F16 are)")
 
 
-def to_raw(tensor: "torch.Tensor") -> np.ndarray:
+def to_raw(tensor: torch.Tensor) -> np.ndarray:
     """The tensor's elements as unsigned ints of the same width (no copy for mapped tensors)."""
     import torch
 
@@ -56,7 +65,7 @@ def to_raw(tensor: "torch.Tensor") -> np.ndarray:
     return tensor.view(signed).numpy().view(raw_dtype(dtype))
 
 
-def from_raw(raw: np.ndarray, dtype: str) -> "torch.Tensor":
+def from_raw(raw: np.ndarray, dtype: str) -> torch.Tensor:
     """A torch tensor owning a fresh copy of raw elements, viewed as `dtype`."""
     import torch
 
@@ -141,7 +150,7 @@ class MegatronCheckpoint:
     spec: str  # "te", "local" or "legacy"
     args: dict[str, Any]  # the plain values of rank 0's args
     side: dict[str, Any]
-    ranks: list[dict[tuple[str, int | None], "torch.Tensor"]] = field(repr=False)
+    ranks: list[dict[tuple[str, int | None], torch.Tensor]] = field(repr=False)
 
     @property
     def tp(self) -> int:
@@ -202,7 +211,9 @@ def read_checkpoint(path: Path, vocab_size: int | None = None) -> MegatronCheckp
             raw_args = content.get("args")
             if raw_args is None:
                 raise CheckpointError(f"{file} has no 'args'; the model sizes cannot be known without them")
-            args = {k: v for k, v in vars(raw_args).items() if plain(v)}
+            if not isinstance(raw_args, dict) and not hasattr(raw_args, "__dict__"):
+                raise CheckpointError(f"{file}: 'args' is a {type(raw_args).__name__}, not a Namespace")
+            args = {k: v for k, v in (raw_args if isinstance(raw_args, dict) else vars(raw_args)).items() if plain(v)}
         tensors: dict[tuple[str, int | None], Any] = {}
         for key, value in _flatten(content["model"]).items():
             parsed = parse_name(key)
@@ -210,6 +221,8 @@ def read_checkpoint(path: Path, vocab_size: int | None = None) -> MegatronCheckp
                 continue
             if not hasattr(value, "dtype"):
                 raise CheckpointError(f"{file}: {key} is not a tensor")
+            if parsed in tensors:
+                raise CheckpointError(f"{file}: {key} duplicates another name for {parsed[0]} of layer {parsed[1]}")
             tensors[parsed] = value
             spec = "legacy" if key.startswith("language_model.") else "te" if key.endswith("layer_norm_weight") else spec
             if key.endswith("input_layernorm.weight") and key.startswith("decoder."):
@@ -289,7 +302,7 @@ def copy_side(src_root: Path, out: Path, side: dict[str, Any]) -> None:
         (out / SIDE_FILE).write_text(json.dumps(side, indent=1) + "\n")
 
 
-def rank_model(shapes: Shapes, spec: str, tied: bool, tensor: "Callable[[str, int | None], torch.Tensor]") -> dict[str, Any]:
+def rank_model(shapes: Shapes, spec: str, tied: bool, tensor: Callable[[str, int | None], torch.Tensor]) -> dict[str, Any]:
     """One rank's mcore state dict in `spec` layout; `tensor(role, layer)` makes each (owned) tensor.
 
     Tensors are made one at a time in state-dict order; `_extra_state` entries are None,

@@ -47,6 +47,8 @@ def hf_shapes(config: dict[str, Any], tp: int, divisible_by: int) -> tuple[Shape
         raise ArchitectureError(f"megatron export supports model_type {' or '.join(SUPPORTED_TYPES)}, not {config.get('model_type')!r}")
     if config.get("attention_bias") or config.get("mlp_bias"):
         raise ArchitectureError("megatron export supports LLaMA without biases; this config has attention_bias or mlp_bias")
+    if config.get("sliding_window") is not None and config.get("use_sliding_window", True):
+        raise ArchitectureError("megatron export: this config uses sliding-window attention, which Megatron's GPT args do not describe")
     if config.get("hidden_act", "silu") != "silu":
         raise ArchitectureError(f"megatron export supports SwiGLU (hidden_act silu), not {config.get('hidden_act')!r}")
     hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
@@ -137,7 +139,7 @@ class HFReader:
 def import_config(original: dict[str, Any], shapes: Shapes, vocab: int, tied: bool, eps: float,
                   dtype: str, hf_layers: list[int]) -> dict[str, Any]:
     """The HF config for the Megatron model: `original` (or a fresh LLaMA config) with its sizes."""
-    config = json.loads(json.dumps(original)) if original else {
+    config: dict[str, Any] = json.loads(json.dumps(original)) if original else {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
         "attention_bias": False, "mlp_bias": False, "max_position_embeddings": 4096, "rope_theta": 10000.0,
         "dtype": {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[dtype],

@@ -48,9 +48,10 @@ class _Gather:
 
 
 def _planned(ckpt: MegatronCheckpoint, vocab: int) -> list[tuple[OutTensor, str, int | None]]:
-    items = [("embedding", None), ("final_norm", None)] + ([] if ckpt.tied else [("output", None)])
+    items: list[tuple[str, int | None]] = [("embedding", None), ("final_norm", None)]
+    items += [] if ckpt.tied else [("output", None)]
     items += [(part, i) for i in range(ckpt.shapes.layers) for part in LAYER_PARTS]
-    planned = []
+    planned: list[tuple[OutTensor, str, int | None]] = []
     for part, layer in items:
         dtype = ckpt.dtype(_ROLE_OF.get(part, part), layer)
         shape = part_shape(part, ckpt.shapes, vocab)
@@ -87,17 +88,30 @@ def import_megatron(src: Path, out: Path, *, vocab_size: int | None = None,
                 raise
             writer.close()
         write_index(tmp, shards)
-        _write_side(ckpt, tmp, vocab)
+        _write_side(ckpt, tmp)
 
 
-def _write_side(ckpt: MegatronCheckpoint, out: Path, vocab: int) -> None:
+def _config(ckpt: MegatronCheckpoint) -> tuple[dict[str, Any], str]:
     hf_dir = ckpt.location.root / HF_DIR
     original_text = (hf_dir / "config.json").read_text() if (hf_dir / "config.json").is_file() else ""
     original: dict[str, Any] = json.loads(original_text) if original_text else {}
     hf_layers = list(ckpt.side.get("hf_layers", range(ckpt.shapes.layers)))
-    config = import_config(original, ckpt.shapes, vocab, ckpt.tied, ckpt.eps, ckpt.dtype("embedding"), hf_layers)
-    text = original_text if config == original else json.dumps(config, indent=2, sort_keys=True) + "\n"
-    (out / "config.json").write_text(text)
+    config = import_config(original, ckpt.shapes, ckpt.vocab, ckpt.tied, ckpt.eps, ckpt.dtype("embedding"), hf_layers)
+    return config, original_text if config == original else json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def megatron_config(src: Path, *, vocab_size: int | None = None) -> dict[str, Any]:
+    """The Hugging Face config.json that `import_megatron` would write for the checkpoint at `src`.
+
+    Selection code that works on HF sizes (heads, kv heads, ffn, hidden, layers) can choose
+    kept indices from it and hand them to `prune_megatron`; index spaces are the same.
+    """
+    return _config(read_checkpoint(Path(src), vocab_size=vocab_size))[0]
+
+
+def _write_side(ckpt: MegatronCheckpoint, out: Path) -> None:
+    (out / "config.json").write_text(_config(ckpt)[1])
+    hf_dir = ckpt.location.root / HF_DIR
     if hf_dir.is_dir():
         for file in sorted(hf_dir.iterdir()):
             if file.is_file() and file.name != "config.json":

@@ -10,12 +10,12 @@ contiguous slice of the split axis, concatenated in segment order.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from ..errors import ArchitectureError, CheckpointError
+from ..errors import ArchitectureError, CheckpointError, SpecError
 
 #: role -> (split axis or None when replicated, number of segments)
 SPLIT: dict[str, tuple[int | None, int]] = {
@@ -100,6 +100,8 @@ def parse_name(key: str) -> tuple[str, int | None] | None:
 
 def padded_vocab(vocab: int, tp: int, divisible_by: int = 128) -> int:
     """The vocabulary size Megatron pads to: a multiple of `divisible_by * tp`."""
+    if tp < 1 or divisible_by < 1:
+        raise SpecError(f"TP size and make-vocab-size-divisible-by must be at least 1, got {tp} and {divisible_by}")
     multiple = divisible_by * tp
     return -(-vocab // multiple) * multiple
 
@@ -149,7 +151,7 @@ class Shapes:
     def check_tp(self, tp: int) -> None:
         """Raise unless every split dimension divides by `tp`."""
         if tp < 1:
-            raise ArchitectureError(f"tensor-parallel size must be at least 1, got {tp}")
+            raise SpecError(f"tensor-parallel size must be at least 1, got {tp}")
         for what, size in (("attention heads", self.heads), ("query groups (kv heads)", self.groups),
                            ("ffn_hidden_size", self.ffn), ("padded vocabulary", self.padded_vocab)):
             if size % tp:
@@ -157,13 +159,13 @@ class Shapes:
 
 
 def take_range(pieces: list[np.ndarray], axis: int, start: int, end: int) -> np.ndarray:
-    """Positions [start, end) along `axis` of the concatenation of `pieces` (one copy)."""
+    """Positions [start, end) along `axis` of the concatenation of `pieces` (a view when one piece holds them)."""
     parts, offset = [], 0
     for piece in pieces:
         n = piece.shape[axis]
         lo, hi = max(start, offset), min(end, offset + n)
         if lo < hi:
-            parts.append(np.take(piece, np.arange(lo - offset, hi - offset), axis=axis))
+            parts.append(piece[(slice(None),) * axis + (slice(lo - offset, hi - offset),)])
         offset += n
     if offset < end:
         raise CheckpointError(f"internal error: asked for positions up to {end} of {offset}")

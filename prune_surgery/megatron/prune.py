@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,20 @@ from ..keepfile import Keep, kept, normalize_keep
 from ..output import atomic_folder, check_output
 from .args import build_args, rank_content
 from .folder import (
-    SIDE_FILE, MegatronCheckpoint, copy_side, from_raw, is_megatron_checkpoint, rank_model, rank_path, read_checkpoint,
+    SIDE_FILE,
+    MegatronCheckpoint,
+    copy_side,
+    from_raw,
+    is_megatron_checkpoint,
+    rank_model,
+    rank_path,
+    read_checkpoint,
     write_tracker,
 )
 from .layout import Shapes
 from .safeload import save_rank_file
 
-__all__ = ["prune_megatron", "is_megatron_checkpoint"]
+__all__ = ["is_megatron_checkpoint", "prune_megatron"]
 
 SPACES = ("layers", "hidden", "heads", "kv_heads", "ffn")
 
@@ -102,7 +110,7 @@ class _RankSlicer:
         ffn = np.asarray([f - rank * f_local for f in lk.ffn if f // f_local == rank], dtype=np.int64)
         return {"qkv": np.concatenate(qkv), "proj": _block_rows(heads, d), "fc1": np.concatenate([ffn, ffn + f_local]), "fc2": ffn}
 
-    def tensor(self, rank: int, role: str, new_layer: int | None, local: dict[int, dict[str, np.ndarray]]) -> Any:
+    def tensor(self, rank: int, role: str, new_layer: int | None, *, local: dict[int, dict[str, np.ndarray]]) -> Any:
         """The pruned tensor of `role` on `rank` (`new_layer` is the output layer number)."""
         layer = None if new_layer is None else self.layers[new_layer]
         ckpt, hidden = self.ckpt, self.hidden
@@ -153,7 +161,7 @@ def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: 
     spec = "te" if ckpt.spec == "legacy" else ckpt.spec
     divisible_by = int(ckpt.side.get("make_vocab_size_divisible_by", ckpt.args.get("make_vocab_size_divisible_by", 128)))
     args = build_args(ckpt.args, shapes, tp=tp, tied=ckpt.tied, eps=eps, dtype=ckpt.dtype("embedding"),
-                      spec=spec, divisible_by=divisible_by, iteration=iteration)
+                      spec=spec, divisible_by=divisible_by)
     side = dict(ckpt.side)
     if side:
         side["hf_layers"] = [list(side.get("hf_layers", range(s.layers)))[i] for i in layers]
@@ -161,7 +169,7 @@ def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: 
         folder = write_tracker(tmp, iteration)
         for rank in range(tp):
             local = {layer: slicer.local(rank, layer) for layer in layers}
-            model = rank_model(shapes, spec, ckpt.tied, lambda role, layer: slicer.tensor(rank, role, layer, local))
+            model = rank_model(shapes, spec, ckpt.tied, partial(slicer.tensor, rank, local=local))
             save_rank_file(rank_path(folder, rank), rank_content(args, iteration, model))
             del model
         copy_side(ckpt.location.root, tmp, side)

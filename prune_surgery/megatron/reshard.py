@@ -6,14 +6,23 @@ Each new rank's tensor is gathered straight from the overlapping slices of the o
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SpecError
 from ..output import atomic_folder, check_output
 from .args import build_args, rank_content
-from .folder import copy_side, from_raw, rank_model, rank_path, read_checkpoint, write_tracker
+from .folder import MegatronCheckpoint, copy_side, from_raw, rank_model, rank_path, read_checkpoint, write_tracker
 from .layout import Shapes, padded_vocab, rank_part
 from .safeload import save_rank_file
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _tensor(ckpt: MegatronCheckpoint, shapes: Shapes, tp: int, rank: int, role: str, layer: int | None) -> torch.Tensor:
+    return from_raw(rank_part(role, shapes, tp, rank, ckpt.reader(role, layer)), ckpt.dtype(role, layer))
 
 
 def reshard_megatron(src: Path, out: Path, *, tp: int, spec: str | None = None, vocab_size: int | None = None,
@@ -37,12 +46,11 @@ def reshard_megatron(src: Path, out: Path, *, tp: int, spec: str | None = None, 
     check_output(Path(out), ckpt.location.root, overwrite)
     iteration = ckpt.location.iteration
     args = build_args(ckpt.args, shapes, tp=tp, tied=ckpt.tied, eps=ckpt.eps, dtype=ckpt.dtype("embedding"),
-                      spec=spec, divisible_by=divisible_by, iteration=iteration)
+                      spec=spec, divisible_by=divisible_by)
     with atomic_folder(Path(out)) as tmp:
         folder = write_tracker(tmp, iteration)
         for rank in range(tp):
-            model = rank_model(shapes, spec, ckpt.tied, lambda role, layer: from_raw(
-                rank_part(role, shapes, tp, rank, ckpt.reader(role, layer)), ckpt.dtype(role, layer)))
+            model = rank_model(shapes, spec, ckpt.tied, partial(_tensor, ckpt, shapes, tp, rank))
             save_rank_file(rank_path(folder, rank), rank_content(args, iteration, model))
             del model
         copy_side(ckpt.location.root, tmp, {**ckpt.side, "vocab_size": ckpt.vocab, "make_vocab_size_divisible_by": divisible_by})
