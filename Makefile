@@ -15,14 +15,21 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
+# megatron-core in a venv of its own (never a dependency of the project): the Megatron oracle
+.venv-mcore/.installed: Makefile
+	$(PYTHON) -m venv .venv-mcore
+	.venv-mcore/bin/python -m pip install -q torch==2.13.0
+	.venv-mcore/bin/python -m pip install -q megatron-core==0.16.1 numpy
+	touch $@
+
 demo: setup
 	$(PY) examples/demo.py
 
-test: setup
+test: setup .venv-mcore/.installed
 	$(PY) -m pytest
 
 bench: setup
 	$(PY) bench/run_bench.py
 
 clean:
-	rm -rf $(VENV) demo bench/work
+	rm -rf $(VENV) .venv-mcore demo bench/work

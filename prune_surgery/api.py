@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,7 +12,7 @@ from . import __version__
 from .arch import Architecture, architecture_for
 from .backend import make_backend
 from .checkpoint import Checkpoint, open_checkpoint
-from .errors import CheckpointError
+from .errors import CheckpointError, SpecError
 from .output import atomic_folder, check_output, is_tokenizer_file, side_files
 from .plan import Plan, build_plan
 from .sizes import source_sizes
@@ -86,13 +86,21 @@ def plan(src: str | Path, spec: PruneSpec | None = None, *, revision: str | None
 def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revision: str | None = None,
         stream: bool = False, overwrite: bool = False, device: str | None = None, workers: int = 1,
         block_bytes: int = DEFAULT_BLOCK_BYTES, command: str | None = None,
-        progress: Callable[[Plan], Callable[[int], None] | None] | None = None) -> Plan:
+        progress: Callable[[Plan], Callable[[int], None] | None] | None = None) -> Plan | dict[str, Any]:
     """Prune `src` into the folder `out` (atomically) and return the executed plan.
+
+    A Megatron-LM checkpoint folder is pruned rank by rank instead (see `run_megatron`), and
+    its run record is returned.
 
     `progress`, if given, is called with the plan and returns a callback that receives the
     number of bytes written after each tensor.
     """
     out = Path(out)
+    if not revision and Path(src).is_dir():
+        from .megatron import is_megatron_checkpoint
+
+        if is_megatron_checkpoint(Path(src)):
+            return run_megatron(Path(src), out, spec or PruneSpec(), overwrite=overwrite, command=command)
     source = open_source(src, revision=revision, stream=stream)
     check_output(out, source.local_root, overwrite)
     backend = make_backend(device)
@@ -104,6 +112,48 @@ def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revi
         (tmp / "config.json").write_text(json.dumps(the_plan.new_config, indent=2, sort_keys=True) + "\n")
         (tmp / "prune_surgery.json").write_text(json.dumps(run_record(the_plan, command), indent=1) + "\n")
     return the_plan
+
+
+def megatron_keep(src: Path, spec: PruneSpec) -> tuple[dict[str, Any], PruneSpec, Architecture, dict[str, int], dict[str, int]]:
+    """Kept indices for a Megatron checkpoint, chosen from its sizes (balanced over its TP ranks).
+
+    Returns (keep, the effective spec, architecture, source sizes, target sizes).
+    """
+    from .megatron import read_checkpoint
+    from .megatron.importer import megatron_config
+    from .select import resolve_targets, select_keep, select_layers
+
+    if spec.method != "random" or spec.keep_vocab is not None:
+        raise SpecError(
+            "Megatron checkpoints are pruned with random (balanced) selection or --keep; for magnitude or "
+            "vocabulary pruning, 'prune-surgery megatron import' to Hugging Face first"
+        )
+    config = megatron_config(src)
+    arch = architecture_for(config)
+    spec = spec if spec.balance or spec.keep else replace(spec, balance=read_checkpoint(src).tp)
+    sizes = source_sizes(arch, config)
+    targets = resolve_targets(arch, sizes, spec)
+    layers = select_layers(arch, sizes, targets, spec)
+    targets["layers"] = len(layers)
+    return select_keep(arch, sizes, targets, spec, layers), spec, arch, sizes, targets
+
+
+def run_megatron(src: Path, out: Path, spec: PruneSpec, *, overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
+    """Prune a Megatron-LM tensor-parallel checkpoint rank by rank; returns its run record."""
+    from .megatron import prune_megatron
+
+    keep, spec, arch, sizes, targets = megatron_keep(src, spec)
+    prune_megatron(src, out, keep, norm_rescale=spec.norm_rescale, overwrite=overwrite)
+    record_path = out / "prune_surgery.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    record.update({
+        "tool": "prune-surgery", "version": __version__, "family": arch.family, "command": command,
+        "source": {"path": str(src.resolve()), "repo_id": None, "revision": None, "commit": None, "format": "megatron"},
+        "spec": spec.to_json(), "method": spec.method, "seed": spec.seed, "norm_rescale": spec.norm_rescale,
+        "sizes": {"before": sizes, "after": targets}, "keep": keep,
+    })
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def write_side_files(plan: Plan, storage: Storage, out_dir: Path) -> None:

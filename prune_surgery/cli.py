@@ -150,7 +150,14 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
     finally:
         if bar is not None:
             bar.stop()
-    if as_json:
+    if not isinstance(the_plan, Plan):  # a Megatron checkpoint: its run record
+        if as_json:
+            typer.echo(json.dumps(the_plan, indent=1))
+        elif not quiet:
+            changes = ", ".join(f"{k} {the_plan['sizes']['before'][k]} -> {v}" for k, v in the_plan["sizes"]["after"].items()
+                                if v != the_plan["sizes"]["before"][k])
+            console.print(f"pruned Megatron checkpoint ({changes or 'nothing pruned'}); wrote {out}")
+    elif as_json:
         typer.echo(json.dumps(plan_json(the_plan), indent=1))
     elif not quiet:
         print_plan(the_plan, console)
