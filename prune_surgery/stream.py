@@ -8,6 +8,7 @@ arithmetic, in float32 with round-to-nearest-even back to the storage dtype.
 
 from __future__ import annotations
 
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,15 +33,18 @@ def _rescaled(block: np.ndarray, tp: TensorPlan) -> np.ndarray:
     return from_float32(values, tp.source.dtype).reshape(block.shape)
 
 
-def _blocks(tp: TensorPlan, blob: Blob, backend: Backend, block_bytes: int) -> Iterator[np.ndarray | memoryview]:
+Block = tuple["np.ndarray | memoryview", int, int]  # data, then the input byte range it used up
+
+
+def _blocks(tp: TensorPlan, blob: Blob, backend: Backend, block_bytes: int) -> Iterator[Block]:
+    """Output bytes of one tensor in blocks, each with the input range that may be released after it."""
     ref = tp.source
     if ref.nbytes == 0:
         return
     data = blob.read(ref.offset, ref.nbytes)
     if tp.identity:
         for start in range(0, ref.nbytes, block_bytes):
-            yield data[start : start + block_bytes]
-            blob.release(ref.offset + start, min(block_bytes, ref.nbytes - start))
+            yield data[start : start + block_bytes], ref.offset + start, min(block_bytes, ref.nbytes - start)
         return
     raw = np.frombuffer(data, dtype=raw_dtype(ref.dtype)).reshape(ref.shape)
     rows, rest = tp.index[0], tp.index[1:]
@@ -60,28 +64,73 @@ def _blocks(tp: TensorPlan, blob: Blob, backend: Backend, block_bytes: int) -> I
                 block = backend.take(block, idx, axis)
         if tp.rescale is not None:
             block = _rescaled(block, tp)
-        yield np.ascontiguousarray(block)
-        blob.release(ref.offset + lo * row_bytes, (hi - lo) * row_bytes)
+        yield np.ascontiguousarray(block), ref.offset + lo * row_bytes, (hi - lo) * row_bytes
     if tp.pad_rows:
-        yield np.zeros((tp.pad_rows, *tp.out.shape[1:]), dtype=raw_dtype(ref.dtype))
+        yield np.zeros((tp.pad_rows, *tp.out.shape[1:]), dtype=raw_dtype(ref.dtype)), 0, 0
+
+
+class _WriteBehind:
+    """Runs writes on a background thread so slicing the next block overlaps writing this one.
+
+    At most `depth` blocks wait in the queue, so memory stays bounded.  An error on the
+    writer thread is raised again in the caller at the next submit or at close.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="prune-surgery-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as exc:  # handed to the caller
+                    self._error = exc
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue a write (blocks while the queue is full)."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(job)
+
+    def close(self, check: bool = True) -> None:
+        """Finish queued writes; raise the writer's error if `check`."""
+        self._queue.put(None)
+        self._thread.join()
+        if check and self._error is not None:
+            raise self._error
 
 
 def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage, out_dir: Path,
                  backend: Backend, block_bytes: int, progress: Progress | None) -> None:
     writer = ShardWriter(out_dir / layout.file, layout)
     blobs: dict[str, Blob] = {}
+    behind = _WriteBehind()
+
+    def write(blob: Blob, data: np.ndarray | memoryview, offset: int, length: int) -> None:
+        writer.write(data)
+        blob.release(offset, length)
+
+    def end(nbytes: int) -> None:
+        writer.end()
+        if progress:
+            progress(nbytes)
+
     try:
         for tp in items:
-            writer.begin(tp.out.name)
+            behind.submit(lambda name=tp.out.name: writer.begin(name))  # type: ignore[misc]
             blob = blobs.get(tp.source.file) or blobs.setdefault(tp.source.file, storage.open_blob(tp.source.file))
-            for block in _blocks(tp, blob, backend, block_bytes):
-                writer.write(block)
-                del block
-            writer.end()
-            if progress:
-                progress(tp.out.nbytes)
+            for data, offset, length in _blocks(tp, blob, backend, block_bytes):
+                behind.submit(lambda b=blob, d=data, o=offset, n=length: write(b, d, o, n))  # type: ignore[misc]
+                del data
+            behind.submit(lambda n=tp.out.nbytes: end(n))  # type: ignore[misc]
+        behind.close()
         writer.close()
     except BaseException:
+        behind.close(check=False)
         writer.abort()
         raise
     finally:
