@@ -7,6 +7,7 @@ Output shards are named like ``save_pretrained``: ``model.safetensors`` for one 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,26 @@ class ShardWriter:
         """Append bytes of the current tensor (any C-contiguous buffer)."""
         self._handle.write(data)
         self._written += memoryview(data).nbytes
+
+    def copy_range(self, fd: int, offset: int, length: int) -> None:
+        """Append `length` bytes of the file `fd` at `offset`, copied inside the kernel."""
+        self._handle.flush()
+        out = self._handle.fileno()
+        position = self._handle.tell()
+        done = 0
+        try:
+            while done < length:
+                n = os.copy_file_range(fd, out, length - done, offset + done, position + done)
+                if n == 0:
+                    raise OSError("copy_file_range copied nothing")
+                done += n
+        except OSError:  # not supported here (other filesystem, old kernel): copy through memory
+            while done < length:
+                chunk = os.pread(fd, min(64 << 20, length - done), offset + done)
+                os.pwrite(out, chunk, position + done)
+                done += len(chunk)
+        self._handle.seek(position + length)
+        self._written += length
 
     def end(self) -> None:
         """Finish the current tensor; its byte count must match the plan."""

@@ -60,10 +60,14 @@ class MmapBlob:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with open(path, "rb") as handle:
-            self.size = os.fstat(handle.fileno()).st_size
-            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
+        self._fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self._fd).st_size
+        self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) if self.size else None
         self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
+
+    def fileno(self) -> int:
+        """The open file descriptor (for in-kernel copies of unchanged tensors)."""
+        return self._fd
 
     def read(self, offset: int, length: int) -> memoryview:
         """A zero-copy view of `length` bytes at `offset`."""
@@ -82,7 +86,10 @@ class MmapBlob:
             self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def close(self) -> None:
-        """Unmap the file (views handed out must be released first)."""
+        """Unmap and close the file (views handed out must be released first)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         try:
             self._view.release()
             if self._map is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -33,13 +34,25 @@ def _rescaled(block: np.ndarray, tp: TensorPlan) -> np.ndarray:
     return from_float32(values, tp.source.dtype).reshape(block.shape)
 
 
-Block = tuple["np.ndarray | memoryview", int, int]  # data, then the input byte range it used up
+@dataclass(frozen=True)
+class InKernelCopy:
+    """An unchanged tensor: copy its bytes file to file (copy_file_range), never through Python."""
+
+    fd: int
+    offset: int
+    length: int
+
+
+Block = tuple["np.ndarray | memoryview | InKernelCopy", int, int]  # data, then the input range it used up
 
 
 def _blocks(tp: TensorPlan, blob: Blob, backend: Backend, block_bytes: int) -> Iterator[Block]:
     """Output bytes of one tensor in blocks, each with the input range that may be released after it."""
     ref = tp.source
     if ref.nbytes == 0:
+        return
+    if tp.identity and callable(getattr(blob, "fileno", None)):
+        yield InKernelCopy(blob.fileno(), ref.offset, ref.nbytes), ref.offset, ref.nbytes  # type: ignore[attr-defined]
         return
     data = blob.read(ref.offset, ref.nbytes)
     if tp.identity:
@@ -110,9 +123,12 @@ def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage,
     blobs: dict[str, Blob] = {}
     behind = _WriteBehind()
 
-    def write(blob: Blob, data: np.ndarray | memoryview, offset: int, length: int) -> None:
-        writer.write(data)
-        blob.release(offset, length)
+    def write(blob: Blob, data: np.ndarray | memoryview | InKernelCopy, offset: int, length: int) -> None:
+        if isinstance(data, InKernelCopy):
+            writer.copy_range(data.fd, data.offset, data.length)
+        else:
+            writer.write(data)
+            blob.release(offset, length)
 
     def end(nbytes: int) -> None:
         writer.end()

@@ -118,3 +118,17 @@ def test_keep_file_reproduces_identical_bytes(bf16_models, tmp_path):
     assert digests(tmp_path / "d") == digests(tmp_path / "a")
     ps.run(src, tmp_path / "e", JOB.with_options(seed=8))
     assert digests(tmp_path / "e") != digests(tmp_path / "a")
+
+
+def test_unchanged_tensors_are_copied_in_kernel_or_through_memory(bf16_models, tmp_path, monkeypatch):
+    src = bf16_models["small"]
+    ps.run(src, tmp_path / "kernel", ps.PruneSpec(drop_layers=(2,)))
+
+    def unsupported(*args, **kwargs):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr("os.copy_file_range", unsupported)
+    ps.run(src, tmp_path / "memory", ps.PruneSpec(drop_layers=(2,)))
+    assert digests(tmp_path / "kernel") == digests(tmp_path / "memory")
+    ps.run(src, tmp_path / "all", ps.PruneSpec(max_shard_size=4 << 20))
+    assert digests(tmp_path / "all") == digests(src)  # keep-everything, same shard size: the same files
