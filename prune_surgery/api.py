@@ -20,7 +20,7 @@ from .spec import PruneSpec
 from .storage import LocalStorage, Storage
 from .stream import execute
 
-DEFAULT_BLOCK_BYTES = 64 << 20
+DEFAULT_BLOCK_BYTES = 32 << 20
 
 
 @dataclass
@@ -84,7 +84,7 @@ def plan(src: str | Path, spec: PruneSpec | None = None, *, revision: str | None
 
 
 def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revision: str | None = None,
-        stream: bool = False, overwrite: bool = False, device: str | None = None, workers: int = 1,
+        stream: bool = False, overwrite: bool = False, device: str | None = None, workers: int | None = None,
         block_bytes: int = DEFAULT_BLOCK_BYTES, command: str | None = None,
         progress: Callable[[Plan], Callable[[int], None] | None] | None = None) -> Plan | dict[str, Any]:
     """Prune `src` into the folder `out` (atomically) and return the executed plan.
@@ -110,7 +110,7 @@ def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revi
         execute(the_plan, source.storage, tmp, backend=backend, block_bytes=block_bytes, workers=workers, progress=callback)
         write_side_files(the_plan, source.storage, tmp)
         (tmp / "config.json").write_text(json.dumps(the_plan.new_config, indent=2, sort_keys=True) + "\n")
-        (tmp / "prune_surgery.json").write_text(json.dumps(run_record(the_plan, command), indent=1) + "\n")
+        (tmp / "prune_surgery.json").write_text(record_json(run_record(the_plan, command)))
     return the_plan
 
 
@@ -152,7 +152,7 @@ def run_megatron(src: Path, out: Path, spec: PruneSpec, *, overwrite: bool = Fal
         "spec": spec.to_json(), "method": spec.method, "seed": spec.seed, "norm_rescale": spec.norm_rescale,
         "sizes": {"before": sizes, "after": targets}, "keep": keep,
     })
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    record_path.write_text(record_json(record))
     return record
 
 
@@ -178,6 +178,21 @@ def write_side_files(plan: Plan, storage: Storage, out_dir: Path) -> None:
     if generation.exists():
         config = remap_token_ids(json.loads(generation.read_text()), plan.keep["vocab"])  # type: ignore[arg-type]
         generation.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def record_json(record: dict[str, Any]) -> str:
+    """prune_surgery.json text: one line per top-level key (and per space of "keep"), lists compact."""
+    def compact(value: Any) -> str:
+        return json.dumps(value, separators=(", ", ": "))
+
+    lines = []
+    for key, value in record.items():
+        if key == "keep" and isinstance(value, dict):
+            inner = ",\n".join(f"  {json.dumps(k)}: {compact(v)}" for k, v in value.items())
+            lines.append(f' "keep": {{\n{inner}\n }}')
+        else:
+            lines.append(f" {json.dumps(key)}: {compact(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def run_record(plan: Plan, command: str | None) -> dict[str, Any]:

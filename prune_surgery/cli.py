@@ -130,7 +130,7 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
         revision: Optional[str] = Revision, stream: bool = Stream,
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists and is not empty"),
         device: Optional[str] = typer.Option(None, "--device", help="Slice with torch on cpu or cuda (default: numpy)"),
-        workers: int = typer.Option(1, "--workers", help="Write N output shards concurrently"),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Slice with N threads (default: one per core, at most 4)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display"),
         push_to: Optional[str] = typer.Option(None, "--push-to", help="After success, upload OUT to this Hub repo (one commit)"),
         private: bool = typer.Option(False, "--private", help="Create the --push-to repo as private"),

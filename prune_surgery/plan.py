@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .arch import Architecture, TensorRole
+from .backend import default_workers
 from .checkpoint import Checkpoint, TensorRef
 from .configedit import config_changes, rewrite_config
 from .errors import ArchitectureError, SpecError
@@ -134,7 +135,7 @@ def _check_nesting(arch: Architecture, keep: Keep, sizes: dict[str, int]) -> Non
 
 
 def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: dict[str, Any],
-               block_bytes: int = 64 << 20) -> Plan:
+               block_bytes: int = 32 << 20) -> Plan:
     """Plan a pruning run; raises SpecError / ArchitectureError for what cannot be done."""
     config = ckpt.config
     sizes = source_sizes(arch, config)
@@ -267,7 +268,7 @@ def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
     block = max(min(t.out.nbytes, block_bytes) for t in tensors)
     index = max(sum(i.nbytes for i in t.index if i is not None) for t in tensors)
     rescaled = max((float_copies(t) for t in tensors if t.rescale), default=0)
-    return 2 * block + index + rescaled
+    return (default_workers() + 4) * block + index + rescaled  # blocks in flight: slicing, queued, written
 
 
 def _warnings(plan: Plan, pad: int) -> list[str]:

@@ -48,10 +48,18 @@ def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) 
         if key in spec.sizes and spec.sizes[key] != left:
             raise SpecError(f"drop_layers leaves {left} layers but {key}={spec.sizes[key]}; give one or the other")
         targets["layers"] = left
+    for name, space in arch.spaces.items():  # MHA source, only heads given: stay MHA (kv follows)
+        outer = space.within
+        if outer and sizes[name] == sizes[outer] and targets[name] != sizes[name] and not _given(arch, outer, spec):
+            targets[outer] = targets[name]
     if "vocab" in arch.spaces and spec.keep_vocab is not None:
         targets["vocab"] = len(spec.keep_vocab)
     check_targets(arch, sizes, targets, spec)
     return targets
+
+
+def _given(arch: Architecture, space: str, spec: PruneSpec) -> bool:
+    return any(key in spec.sizes for key in arch.spaces[space].keys) or bool(spec.keep and space in spec.keep)
 
 
 def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec) -> None:
@@ -64,7 +72,8 @@ def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, 
             if n_in % n_out:
                 raise SpecError(
                     f"{space.keys[0]}={n_in} is not a multiple of {arch.spaces[outer].keys[0]}={n_out}; "
-                    "every kv group must keep the same number of query heads"
+                    "every kv group must keep the same number of query heads; "
+                    f"set --{arch.spaces[outer].keys[0].replace('_', '-')} too"
                 )
             if n_in // n_out > sizes[name] // sizes[outer]:
                 raise SpecError(

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from .backend import Backend, NumpyBackend
+from .backend import Backend, NumpyBackend, default_workers
 from .dtypes import from_float32, raw_dtype, to_float32
 from .plan import Plan, TensorPlan
 from .sink import ShardLayout, ShardWriter, write_index
@@ -46,40 +47,51 @@ class InKernelCopy:
 Block = tuple["np.ndarray | memoryview | InKernelCopy", int, int]  # data, then the input range it used up
 
 
-def _blocks(tp: TensorPlan, blob: Blob, backend: Backend, block_bytes: int) -> Iterator[Block]:
-    """Output bytes of one tensor in blocks, each with the input range that may be released after it."""
+def _slice(tp: TensorPlan, blob: Blob, backend: Backend, lo: int, hi: int, rows: np.ndarray | None) -> Block:
+    """Output rows of one block: input rows lo..hi, gathered, sliced, rescaled."""
+    ref = tp.source
+    row_bytes = ref.nbytes // ref.shape[0]
+    buffer = blob.read(ref.offset + lo * row_bytes, (hi - lo) * row_bytes)
+    block = np.frombuffer(buffer, dtype=raw_dtype(ref.dtype)).reshape((hi - lo, *ref.shape[1:]))
+    view = True
+    if rows is not None and len(rows) != hi - lo:
+        block, view = backend.take(block, rows - lo, 0), False
+    for axis, idx in enumerate(tp.index[1:], start=1):
+        if idx is not None:
+            block, view = backend.take(block, idx, axis), False
+    if tp.rescale is not None:
+        block, view = _rescaled(block, tp), False
+    if view:  # still the input's memory: release it only after the write
+        return block, ref.offset + lo * row_bytes, (hi - lo) * row_bytes
+    blob.release(ref.offset + lo * row_bytes, (hi - lo) * row_bytes)
+    return np.ascontiguousarray(block), 0, 0
+
+
+def _block_jobs(tp: TensorPlan, blob: Blob, backend: Backend, block_bytes: int) -> Iterator[Callable[[], Block]]:
+    """Thunks that each produce one output block of a tensor, in order (safe to run in threads)."""
     ref = tp.source
     if ref.nbytes == 0:
         return
     if tp.identity and callable(getattr(blob, "fileno", None)):
-        yield InKernelCopy(blob.fileno(), ref.offset, ref.nbytes), ref.offset, ref.nbytes  # type: ignore[attr-defined]
+        yield lambda: (InKernelCopy(blob.fileno(), ref.offset, ref.nbytes), 0, 0)  # type: ignore[attr-defined]
         return
-    data = blob.read(ref.offset, ref.nbytes)
-    if tp.identity:
+    if tp.identity or not ref.shape:
         for start in range(0, ref.nbytes, block_bytes):
-            yield data[start : start + block_bytes], ref.offset + start, min(block_bytes, ref.nbytes - start)
+            size = min(block_bytes, ref.nbytes - start)
+            yield lambda start=start, size=size: (blob.read(ref.offset + start, size), ref.offset + start, size)  # type: ignore[misc]
         return
-    raw = np.frombuffer(data, dtype=raw_dtype(ref.dtype)).reshape(ref.shape)
-    rows, rest = tp.index[0], tp.index[1:]
-    row_bytes = max(1, ref.nbytes // max(1, ref.shape[0]))
-    step = max(1, block_bytes // row_bytes)
+    rows = tp.index[0]
+    step = max(1, block_bytes // max(1, ref.nbytes // ref.shape[0]))
     count = ref.shape[0] if rows is None else len(rows)
     for start in range(0, count, step):
         if rows is None:
-            lo, hi = start, min(count, start + step)
-            block = raw[lo:hi]
+            lo, hi, chunk = start, min(count, start + step), None
         else:
             chunk = rows[start : start + step]
             lo, hi = int(chunk[0]), int(chunk[-1]) + 1
-            block = raw[lo:hi] if hi - lo == len(chunk) else backend.take(raw, chunk, 0)
-        for axis, idx in enumerate(rest, start=1):
-            if idx is not None:
-                block = backend.take(block, idx, axis)
-        if tp.rescale is not None:
-            block = _rescaled(block, tp)
-        yield np.ascontiguousarray(block), ref.offset + lo * row_bytes, (hi - lo) * row_bytes
+        yield lambda lo=lo, hi=hi, chunk=chunk: _slice(tp, blob, backend, lo, hi, chunk)  # type: ignore[misc]
     if tp.pad_rows:
-        yield np.zeros((tp.pad_rows, *tp.out.shape[1:]), dtype=raw_dtype(ref.dtype)), 0, 0
+        yield lambda: (np.zeros((tp.pad_rows, *tp.out.shape[1:]), dtype=raw_dtype(ref.dtype)), 0, 0)
 
 
 class _WriteBehind:
@@ -118,17 +130,30 @@ class _WriteBehind:
 
 
 def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage, out_dir: Path,
-                 backend: Backend, block_bytes: int, progress: Progress | None) -> None:
+                 backend: Backend, block_bytes: int, progress: Progress | None, pool: ThreadPoolExecutor | None) -> None:
+    """Slice blocks (on `pool` when given, in order) and write them behind, tensor after tensor."""
     writer = ShardWriter(out_dir / layout.file, layout)
     blobs: dict[str, Blob] = {}
     behind = _WriteBehind()
+    pending: deque[Future[Callable[[], None]] | Callable[[], None]] = deque()
+    in_flight = (pool._max_workers + 1) if pool else 0  # noqa: SLF001
 
-    def write(blob: Blob, data: np.ndarray | memoryview | InKernelCopy, offset: int, length: int) -> None:
-        if isinstance(data, InKernelCopy):
-            writer.copy_range(data.fd, data.offset, data.length)
-        else:
-            writer.write(data)
-            blob.release(offset, length)
+    def write_job(thunk: Callable[[], Block], blob: Blob) -> Callable[[], None]:
+        data, offset, length = thunk()
+
+        def write() -> None:
+            if isinstance(data, InKernelCopy):
+                writer.copy_range(data.fd, data.offset, data.length)
+            else:
+                writer.write(data)
+                if length:
+                    blob.release(offset, length)
+        return write
+
+    def drain(limit: int) -> None:
+        while len(pending) > limit:
+            item = pending.popleft()
+            behind.submit(item.result() if isinstance(item, Future) else item)
 
     def end(nbytes: int) -> None:
         writer.end()
@@ -137,15 +162,19 @@ def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage,
 
     try:
         for tp in items:
-            behind.submit(lambda name=tp.out.name: writer.begin(name))  # type: ignore[misc]
+            pending.append(lambda name=tp.out.name: writer.begin(name))  # type: ignore[misc]
             blob = blobs.get(tp.source.file) or blobs.setdefault(tp.source.file, storage.open_blob(tp.source.file))
-            for data, offset, length in _blocks(tp, blob, backend, block_bytes):
-                behind.submit(lambda b=blob, d=data, o=offset, n=length: write(b, d, o, n))  # type: ignore[misc]
-                del data
-            behind.submit(lambda n=tp.out.nbytes: end(n))  # type: ignore[misc]
+            for thunk in _block_jobs(tp, blob, backend, block_bytes):
+                pending.append(pool.submit(write_job, thunk, blob) if pool else write_job(thunk, blob))
+                drain(in_flight)
+            pending.append(lambda n=tp.out.nbytes: end(n))  # type: ignore[misc]
+        drain(0)
         behind.close()
         writer.close()
     except BaseException:
+        for item in pending:
+            if isinstance(item, Future):
+                item.cancel()
         behind.close(check=False)
         writer.abort()
         raise
@@ -155,24 +184,21 @@ def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage,
 
 
 def execute(plan: Plan, storage: Storage, out_dir: Path, *, backend: Backend | None = None,
-            block_bytes: int = 64 << 20, workers: int = 1, progress: Progress | None = None) -> None:
-    """Write every shard of `plan` (and the index) into `out_dir`."""
+            block_bytes: int = 32 << 20, workers: int | None = None, progress: Progress | None = None) -> None:
+    """Write every shard of `plan` (and the index) into `out_dir`.
+
+    `workers` threads slice row blocks concurrently (results are written in order by one
+    writer thread); 1 slices on the calling thread.
+    """
     backend = backend or NumpyBackend()
     by_name = {t.out.name: t for t in plan.tensors}
-    jobs = [(layout, [by_name[o.name] for o in layout.tensors]) for layout in plan.shards]
-    lock = threading.Lock()
-
-    def report(n: int) -> None:
-        if progress:
-            with lock:
-                progress(n)
-
-    if workers <= 1 or len(jobs) == 1:
-        for layout, items in jobs:
-            _write_shard(layout, items, storage, out_dir, backend, block_bytes, report)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_write_shard, layout, items, storage, out_dir, backend, block_bytes, report) for layout, items in jobs]
-            for future in futures:
-                future.result()
+    workers = default_workers() if workers is None else workers
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prune-surgery-slice") if workers > 1 else None
+    try:
+        for layout in plan.shards:
+            items = [by_name[o.name] for o in layout.tensors]
+            _write_shard(layout, items, storage, out_dir, backend, block_bytes, progress, pool)
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
     write_index(out_dir, plan.shards)

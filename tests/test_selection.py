@@ -84,3 +84,21 @@ def test_yaml_spec_and_cli_options_agree(checkpoints, tmp_path):
     index = json.loads((out_a / "model.safetensors.index.json").read_text())
     params_after = json.loads((out_a / "prune_surgery.json").read_text())["params"]["after"]
     assert index["metadata"]["total_size"] == params_after * 4  # float32
+
+
+def test_mha_source_stays_mha_when_only_heads_are_given(tmp_path):
+    from models import build, load
+
+    src = build(tmp_path / "mha", "llama", num_key_value_heads=8)
+    ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"num_attention_heads": 4, "hidden_size": 32}))
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["num_attention_heads"] == config["num_key_value_heads"] == 4
+    load(tmp_path / "out")
+
+
+def test_prune_surgery_json_is_compact_and_reloads(checkpoints, tmp_path):
+    ps.run(checkpoints["llama"], tmp_path / "out", ps.PruneSpec(sizes={"intermediate_size": 48}))
+    text = (tmp_path / "out" / "prune_surgery.json").read_text()
+    record = json.loads(text)
+    assert len(text.splitlines()) < 40 and record["keep"]["ffn"]["0"] == keep_of(tmp_path / "out")["ffn"]["0"]
+    assert record["plan_hash"].startswith("sha256:") and record["source"]["path"]
