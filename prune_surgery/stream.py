@@ -81,15 +81,17 @@ def _block_jobs(tp: TensorPlan, blob: Blob, backend: Backend, block_bytes: int) 
             yield lambda start=start, size=size: (blob.read(ref.offset + start, size), ref.offset + start, size)  # type: ignore[misc]
         return
     rows = tp.index[0]
-    step = max(1, block_bytes // max(1, ref.nbytes // ref.shape[0]))
-    count = ref.shape[0] if rows is None else len(rows)
-    for start in range(0, count, step):
-        if rows is None:
-            lo, hi, chunk = start, min(count, start + step), None
-        else:
-            chunk = rows[start : start + step]
-            lo, hi = int(chunk[0]), int(chunk[-1]) + 1
-        yield lambda lo=lo, hi=hi, chunk=chunk: _slice(tp, blob, backend, lo, hi, chunk)  # type: ignore[misc]
+    step = max(1, block_bytes // max(1, ref.nbytes // ref.shape[0]))  # input rows per block
+    if rows is None:
+        for lo in range(0, ref.shape[0], step):
+            yield lambda lo=lo: _slice(tp, blob, backend, lo, min(ref.shape[0], lo + step), None)  # type: ignore[misc]
+    else:
+        start = 0
+        while start < len(rows):  # a block spans at most `step` input rows, however sparse the kept rows
+            end = int(np.searchsorted(rows, rows[start] + step, side="left"))
+            chunk = rows[start:end]
+            yield lambda chunk=chunk: _slice(tp, blob, backend, int(chunk[0]), int(chunk[-1]) + 1, chunk)  # type: ignore[misc]
+            start = end
     if tp.pad_rows:
         yield lambda: (np.zeros((tp.pad_rows, *tp.out.shape[1:]), dtype=raw_dtype(ref.dtype)), 0, 0)
 
