@@ -170,7 +170,11 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
         console.print(f"pushed {out} to {url}")
 
 
-def _register_subcommands() -> None:
+CORE_COMMANDS = ("inspect", "plan", "run")
+
+
+def register_subcommands() -> None:
+    """Add `push`, `vocab ...` and `megatron ...` (imported only when they may be used)."""
     from .cli_hub import register
     from .megatron.cli import app as megatron_app
     from .vocab.cli import app as vocab_app
@@ -180,12 +184,12 @@ def _register_subcommands() -> None:
     app.add_typer(megatron_app, name="megatron", help="Megatron-LM tensor-parallel checkpoints: export, import, reshard")
 
 
-_register_subcommands()
-
-
 def main() -> None:
     """Entry point: run the app; deliberate errors become one line and exit status 2."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    if command not in CORE_COMMANDS:  # keeps start-up of the hot path short (~60 ms)
+        register_subcommands()
     try:
         app()  # usage errors: click prints them and exits with 2
     except PruneSurgeryError as exc:
