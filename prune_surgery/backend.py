@@ -62,7 +62,7 @@ class TorchBackend:
         with warnings.catch_warnings():  # read-only mmap input: torch only reads it
             warnings.simplefilter("ignore", UserWarning)
             tensor = torch.from_numpy(signed).to(self.device)
-        picked = torch.index_select(tensor, axis, torch.from_numpy(index).to(self.device))
+        picked = torch.index_select(tensor, axis, torch.from_numpy(index.astype(np.int64)).to(self.device))
         return picked.cpu().numpy().view(block.dtype)
 
 

@@ -77,14 +77,24 @@ class Plan:
 
 
 def _axis_index(arch: Architecture, role: TensorRole, axis: int, binding: dict[str, int],
-                keep: Keep, sizes: dict[str, int]) -> tuple[int, np.ndarray | None]:
-    """(expected input length, kept element indices or None) of one axis."""
+                keep: Keep, sizes: dict[str, int], cache: dict[Any, tuple[int, np.ndarray | None]]) -> tuple[int, np.ndarray | None]:
+    """(expected input length, kept element indices or None) of one axis.
+
+    Axes with the same segments and scopes share one read-only array (`cache`), so the plan's
+    memory grows with the number of layers, not with the number of tensors.
+    """
+    scopes = tuple(
+        ".".join(str(binding[p]) for p in arch.spaces[seg.space].per) if seg.space in arch.spaces else ""
+        for seg in role.axes[axis]
+    )
+    key = (role.axes[axis], scopes)
+    if key in cache:
+        return cache[key]
     parts: list[np.ndarray] = []
     offset, pruned = 0, False
-    for seg in role.axes[axis]:
+    for seg, scope in zip(role.axes[axis], scopes):
         if seg.space in arch.spaces:
             units, width = sizes[seg.space], unit_size(arch, seg.space, sizes) * seg.multiplier
-            scope = ".".join(str(binding[p]) for p in arch.spaces[seg.space].per)
             chosen = kept(keep, seg.space, scope)
         else:
             units, width, chosen = 1, int(seg.space) if seg.space.isdigit() else sizes[seg.space], None
@@ -95,7 +105,13 @@ def _axis_index(arch: Architecture, role: TensorRole, axis: int, binding: dict[s
             base = np.asarray(chosen, dtype=np.int64)[:, None] * width
             parts.append((base + np.arange(width, dtype=np.int64)).ravel() + offset)
         offset += units * width
-    return offset, (np.concatenate(parts) if pruned else None)
+    index = None
+    if pruned:
+        index = np.concatenate(parts)
+        index = index.astype(np.int32) if offset < 2**31 else index
+        index.flags.writeable = False
+    cache[key] = (offset, index)
+    return cache[key]
 
 
 def _new_name(arch: Architecture, role: TensorRole, binding: dict[str, int], keep: Keep) -> str | None:
@@ -161,6 +177,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     hidden_scale = math.sqrt(sizes["hidden"] / targets["hidden"]) if "hidden" in targets else 1.0
 
     tensors: list[TensorPlan] = []
+    axis_cache: dict[Any, tuple[int, np.ndarray | None]] = {}
     dropped: list[str] = []
     seen: set[tuple[str, tuple[tuple[str, int], ...]]] = set()
     for ref in ckpt.tensors.values():
@@ -178,7 +195,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
             raise ArchitectureError(f"{ref.name} has shape {list(ref.shape)} but the {arch.family} table expects {len(role.axes)} axes")
         index, shape = [], []
         for axis in range(len(role.axes)):
-            length, idx = _axis_index(arch, role, axis, binding, keep, sizes)
+            length, idx = _axis_index(arch, role, axis, binding, keep, sizes, axis_cache)
             if ref.shape[axis] != length:
                 raise ArchitectureError(
                     f"{ref.name} has {ref.shape[axis]} elements on axis {axis} but config.json implies {length}; the config does not match the weights"
@@ -294,6 +311,6 @@ def plan_hash(plan: Plan) -> str:
         extra = [t.rescale_offset] if t.rescale_offset else []
         digest.update(dump_json([t.source.name, t.out.name, t.out.dtype, list(t.out.shape), t.rescale, t.pad_rows, *extra]).encode())
         for idx in t.index:
-            digest.update(b"-" if idx is None else idx.tobytes())
+            digest.update(b"-" if idx is None else idx.astype(np.int64).tobytes())
     digest.update(dump_json([[s.file, [x.name for x in s.tensors]] for s in plan.shards]).encode())
     return "sha256:" + digest.hexdigest()

@@ -88,7 +88,7 @@ def _block_jobs(tp: TensorPlan, blob: Blob, backend: Backend, block_bytes: int) 
     else:
         start = 0
         while start < len(rows):  # a block spans at most `step` input rows, however sparse the kept rows
-            end = int(np.searchsorted(rows, rows[start] + step, side="left"))
+            end = int(np.searchsorted(rows, int(rows[start]) + step, side="left"))
             chunk = rows[start:end]
             yield lambda chunk=chunk: _slice(tp, blob, backend, int(chunk[0]), int(chunk[-1]) + 1, chunk)  # type: ignore[misc]
             start = end
