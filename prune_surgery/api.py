@@ -121,20 +121,19 @@ def megatron_keep(src: Path, spec: PruneSpec) -> tuple[dict[str, Any], PruneSpec
     """
     from .megatron import read_checkpoint
     from .megatron.importer import megatron_config
-    from .select import resolve_targets, select_keep, select_layers
+    from .select import select_keep, targets_and_layers
 
     if spec.method != "random" or spec.keep_vocab is not None:
         raise SpecError(
             "Megatron checkpoints are pruned with random (balanced) selection or --keep; for magnitude or "
             "vocabulary pruning, 'prune-surgery megatron import' to Hugging Face first"
         )
-    config = megatron_config(src)
+    ckpt = read_checkpoint(src)
+    config = megatron_config(ckpt)
     arch = architecture_for(config)
-    spec = spec if spec.balance or spec.keep else replace(spec, balance=read_checkpoint(src).tp)
+    spec = spec if spec.balance or spec.keep else replace(spec, balance=ckpt.tp)
     sizes = source_sizes(arch, config)
-    targets = resolve_targets(arch, sizes, spec)
-    layers = select_layers(arch, sizes, targets, spec)
-    targets["layers"] = len(layers)
+    targets, layers = targets_and_layers(arch, sizes, spec)
     return select_keep(arch, sizes, targets, spec, layers), spec, arch, sizes, targets
 
 

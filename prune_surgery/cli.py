@@ -17,7 +17,7 @@ from . import api
 from .errors import PruneSurgeryError
 from .plan import Plan
 from .render import plan_json, print_inspect, print_plan
-from .spec import PruneSpec, load_spec_file, parse_layers, parse_size, spec_from_dict
+from .spec import PruneSpec, read_spec_file, spec_from_dict
 
 app = typer.Typer(help="Prune LLM checkpoints to any configuration by rewriting them, never loading them.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -47,19 +47,10 @@ ShardSize = typer.Option(None, "--max-shard-size", help="Largest output shard, e
 
 
 def _spec(spec_file: Optional[Path], **options: Any) -> PruneSpec:
-    """Spec file values overridden by command-line options."""
-    spec = load_spec_file(spec_file) if spec_file else PruneSpec()
-    given = {k: v for k, v in options.items() if v not in (None, False)}
-    from_options = spec_from_dict(given)
-    sizes = {**spec.sizes, **from_options.sizes}
-    merged = spec.with_options(**{k: getattr(from_options, k) for k in (
-        "drop_layers", "keep", "keep_vocab", "pad_vocab_to_multiple_of", "balance") if getattr(from_options, k) is not None})
-    for key in ("method", "seed", "max_shard_size"):
-        if key in given:
-            merged = merged.with_options(**{key: getattr(from_options, key)})
-    if options.get("norm_rescale") is False:
-        merged = merged.with_options(norm_rescale=False)
-    return merged.with_options(sizes=sizes)
+    """Spec file values overridden by the command-line options that were given."""
+    data = read_spec_file(spec_file) if spec_file else {}
+    data.update({k: v for k, v in options.items() if v is not None})
+    return spec_from_dict(data)
 
 
 def _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn, method, seed,

@@ -22,7 +22,7 @@ from .configedit import config_changes, rewrite_config
 from .errors import ArchitectureError, SpecError
 from .keepfile import Keep, kept
 from .score import compute_scores
-from .select import check_targets, resolve_targets, select_keep, select_layers
+from .select import check_targets, select_keep, targets_and_layers
 from .sink import OutTensor, ShardLayout, layout_shards
 from .sizes import is_tied, source_sizes, unit_size
 from .spec import PruneSpec, dump_json
@@ -155,9 +155,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     """Plan a pruning run; raises SpecError / ArchitectureError for what cannot be done."""
     config = ckpt.config
     sizes = source_sizes(arch, config)
-    targets = resolve_targets(arch, sizes, spec)
-    layers = select_layers(arch, sizes, targets, spec)
-    targets["layers"] = len(layers)
+    targets, layers = targets_and_layers(arch, sizes, spec)
     scores = None
     if spec.method == "magnitude":
         wanted = {s for s in arch.spaces if s not in ("layers", "vocab") and targets[s] != sizes[s]}
@@ -179,12 +177,14 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     tensors: list[TensorPlan] = []
     axis_cache: dict[Any, tuple[int, np.ndarray | None]] = {}
     dropped: list[str] = []
+    params_before = 0
     seen: set[tuple[str, tuple[tuple[str, int], ...]]] = set()
     for ref in ckpt.tensors.values():
         claim = arch.match(ref.name)
-        if claim is None:
+        if claim is None:  # a buffer the table drops (rotary inv_freq)
             dropped.append(ref.name)
             continue
+        params_before += ref.numel
         role, binding = claim
         seen.add((role.role, tuple(sorted(binding.items()))))
         name = _new_name(arch, role, binding, keep)
@@ -221,7 +221,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     plan = Plan(
         arch=arch, spec=spec, source=source, sizes=sizes, targets=targets, keep=keep, config=config,
         new_config=new_config, tensors=tensors, shards=shards, dropped=dropped,
-        params_before=sum(t.numel for t in ckpt.tensors.values() if arch.match(t.name) is not None),
+        params_before=params_before,
         params_after=sum(math.prod(t.out.shape) for t in tensors),
         bytes_before=ckpt.total_bytes, bytes_after=sum(t.out.nbytes for t in tensors),
         peak_bytes=_peak(tensors, block_bytes), vocab_rows=vocab_rows,
@@ -261,9 +261,9 @@ def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], t
         ranges = [range(sizes[arch.placeholders[p]]) for p in role.placeholders]
         present = sum(1 for s in seen if s[0] == role.role)
         expected = math.prod(len(r) for r in ranges)
-        if present and present == expected:
+        if present == expected:
             continue
-        if present == 0 and all(s[0] != role.role for s in seen):
+        if present == 0:
             names = role.template.format(**{p: 0 for p in role.placeholders})
             raise ArchitectureError(f"required tensor {names!r} is missing from the checkpoint ({arch.family} table role {role.role})")
         for combo in itertools.product(*ranges):
@@ -274,7 +274,8 @@ def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], t
 
 
 def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
-    """Working memory of the stream: two row blocks, index arrays, float32 copies of a rescaled block."""
+    """Working memory of the stream: blocks in flight (slicing, queued, being written), index arrays,
+    and the float32 copies of a rescaled block."""
     if not tensors:
         return 0
 
@@ -285,7 +286,7 @@ def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
     block = max(min(t.out.nbytes, block_bytes) for t in tensors)
     index = max(sum(i.nbytes for i in t.index if i is not None) for t in tensors)
     rescaled = max((float_copies(t) for t in tensors if t.rescale), default=0)
-    return (default_workers() + 4) * block + index + rescaled  # blocks in flight: slicing, queued, written
+    return (default_workers() + 4) * block + index + rescaled
 
 
 def _warnings(plan: Plan, pad: int) -> list[str]:

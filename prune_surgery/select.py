@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .arch import Architecture
+from .arch import RULES, Architecture
 from .errors import SpecError
 from .keepfile import Keep, kept
 from .spec import PruneSpec
@@ -85,7 +85,7 @@ def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, 
                 if n % spec.balance:
                     raise SpecError(f"--balance {spec.balance} needs {space.keys[0]} sizes divisible by it ({sizes[name]} -> {targets[name]})")
     for rule in arch.require:
-        kind = next(k for k in ("divides", "at_most", "equals") if k in rule)
+        kind = next(k for k in RULES if k in rule)
         (a, va), (b, vb) = (_operand(arch, sizes, targets, x) for x in rule[kind])
         broken = {"divides": vb % va != 0, "at_most": va > vb, "equals": va != vb}[kind]
         if broken:
@@ -165,6 +165,14 @@ def select_layers(arch: Architecture, sizes: dict[str, int], targets: dict[str, 
         return layers
     drop = set(spec.drop_layers) if spec.drop_layers is not None else set(layers_to_drop(n, n - targets["layers"]))
     return [i for i in range(n) if i not in drop]
+
+
+def targets_and_layers(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) -> tuple[dict[str, int], list[int]]:
+    """Target size of every space and the kept original layers (the first step of selection)."""
+    targets = resolve_targets(arch, sizes, spec)
+    layers = select_layers(arch, sizes, targets, spec)
+    targets["layers"] = len(layers)
+    return targets, layers
 
 
 def select_keep(

@@ -108,8 +108,11 @@ def _positive(key: str, value: Any) -> int:
     return int(value)
 
 
-def spec_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> PruneSpec:
-    """Build a spec from a dict of option names (hyphens or underscores) and target sizes."""
+def spec_from_dict(data: dict[str, Any]) -> PruneSpec:
+    """Build a spec from a dict of option names (hyphens or underscores) and target sizes.
+
+    `keep` / `keep_vocab` may be paths (relative to the working directory) or parsed values.
+    """
     from .keepfile import load_keep  # local: keepfile imports nothing from here at import time
 
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -144,8 +147,8 @@ def spec_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> PruneS
         spec = replace(spec, pad_vocab_to_multiple_of=_positive("pad_vocab_to_multiple_of", options["pad_vocab_to_multiple_of"]))
     for key in ("keep", "keep_vocab"):
         value = options.get(key)
-        if isinstance(value, (str, Path)):
-            value = Path(value) if base_dir is None else base_dir / value
+        if isinstance(value, str):
+            value = Path(value)
         if value is not None:
             spec = replace(spec, **{key: load_keep(value) if key == "keep" else _load_vocab(value)})
     return spec
@@ -159,8 +162,9 @@ def _load_vocab(value: Any) -> tuple[int, ...]:
     return tuple(load_keep_vocab(Path(value)))
 
 
-def load_spec_file(path: Path) -> PruneSpec:
-    """Read a YAML or JSON spec file (our keys, or the original method's prune config)."""
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """The options of a YAML or JSON spec file, keys with underscores, paths made absolute
+    (a `keep` file named in a spec is relative to the spec's folder)."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
@@ -169,7 +173,16 @@ def load_spec_file(path: Path) -> PruneSpec:
         raise SpecError(f"spec file {path} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise SpecError(f"spec file {path} must hold a mapping of option names to values")
-    return spec_from_dict(data, Path(path).parent)
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    for key in ("keep", "keep_vocab"):
+        if isinstance(data.get(key), str):
+            data[key] = Path(path).parent / data[key]
+    return data
+
+
+def load_spec_file(path: Path) -> PruneSpec:
+    """Read a YAML or JSON spec file (our keys, or the original method's prune config)."""
+    return spec_from_dict(read_spec_file(path))
 
 
 def dump_json(obj: Any) -> str:

@@ -2,8 +2,9 @@
 
 Tensors are visited in input (shard, offset) order; large tensors go in row blocks so the
 working memory stays near `block_bytes` whatever the model size.  Raw elements are moved
-as unsigned ints of the dtype's width (no dtype round trip); only RMSNorm rescaling does
-arithmetic, in float32 with round-to-nearest-even back to the storage dtype.
+as unsigned ints of the dtype's width (no dtype round trip); only rescaled tensors (norm
+weights, and what a table marks `hidden_scale`) see arithmetic, in float32 with
+round-to-nearest-even back to the storage dtype.
 """
 
 from __future__ import annotations
@@ -132,13 +133,13 @@ class _WriteBehind:
 
 
 def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage, out_dir: Path,
-                 backend: Backend, block_bytes: int, progress: Progress | None, pool: ThreadPoolExecutor | None) -> None:
+                 backend: Backend, block_bytes: int, progress: Progress | None, pool: ThreadPoolExecutor | None,
+                 in_flight: int) -> None:
     """Slice blocks (on `pool` when given, in order) and write them behind, tensor after tensor."""
     writer = ShardWriter(out_dir / layout.file, layout)
     blobs: dict[str, Blob] = {}
     behind = _WriteBehind()
     pending: deque[Future[Callable[[], None]] | Callable[[], None]] = deque()
-    in_flight = (pool._max_workers + 1) if pool else 0  # noqa: SLF001
 
     def write_job(thunk: Callable[[], Block], blob: Blob) -> Callable[[], None]:
         data, offset, length = thunk()
@@ -199,7 +200,7 @@ def execute(plan: Plan, storage: Storage, out_dir: Path, *, backend: Backend | N
     try:
         for layout in plan.shards:
             items = [by_name[o.name] for o in layout.tensors]
-            _write_shard(layout, items, storage, out_dir, backend, block_bytes, progress, pool)
+            _write_shard(layout, items, storage, out_dir, backend, block_bytes, progress, pool, workers + 1 if pool else 0)
     finally:
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -102,3 +102,20 @@ def test_prune_surgery_json_is_compact_and_reloads(checkpoints, tmp_path):
     record = json.loads(text)
     assert len(text.splitlines()) < 40 and record["keep"]["ffn"]["0"] == keep_of(tmp_path / "out")["ffn"]["0"]
     assert record["plan_hash"].startswith("sha256:") and record["source"]["path"]
+
+
+def test_command_line_options_override_the_spec_file(checkpoints, tmp_path):
+    import subprocess
+    import sys
+
+    first = tmp_path / "first"
+    ps.run(checkpoints["llama"], first, ps.PruneSpec(sizes={"intermediate_size": 48}))
+    (tmp_path / "specs").mkdir()
+    spec_file = tmp_path / "specs" / "spec.yaml"
+    spec_file.write_text("hidden-size: 48\nseed: 5\nkeep: ../first/prune_surgery.json\n")
+    result = subprocess.run([sys.executable, "-m", "prune_surgery", "plan", str(checkpoints["llama"]), "--json",
+                             "--spec", str(spec_file), "--hidden-size", "32"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["new_config"]["hidden_size"] == 32 and plan["spec"]["seed"] == 5
+    assert plan["keep"]["ffn"] == keep_of(first)["ffn"]  # the keep file, found next to the spec

@@ -100,13 +100,15 @@ def _config(ckpt: MegatronCheckpoint) -> tuple[dict[str, Any], str]:
     return config, original_text if config == original else json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
-def megatron_config(src: Path, *, vocab_size: int | None = None) -> dict[str, Any]:
-    """The Hugging Face config.json that `import_megatron` would write for the checkpoint at `src`.
+def megatron_config(src: Path | MegatronCheckpoint, *, vocab_size: int | None = None) -> dict[str, Any]:
+    """The Hugging Face config.json that `import_megatron` would write for a checkpoint
+    (a folder, or one already read with `read_checkpoint`).
 
     Selection code that works on HF sizes (heads, kv heads, ffn, hidden, layers) can choose
     kept indices from it and hand them to `prune_megatron`; index spaces are the same.
     """
-    return _config(read_checkpoint(Path(src), vocab_size=vocab_size))[0]
+    ckpt = src if isinstance(src, MegatronCheckpoint) else read_checkpoint(Path(src), vocab_size=vocab_size)
+    return _config(ckpt)[0]
 
 
 def _write_side(ckpt: MegatronCheckpoint, out: Path) -> None:

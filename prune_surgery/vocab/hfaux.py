@@ -66,18 +66,15 @@ def rewrite_vocab_txt(text: str, kept_ids: Sequence[int]) -> str:
 def rewrite_side_files(src_dir: Path, out_dir: Path, kept_ids: Sequence[int]) -> list[str]:
     """Rewrite every side file present in ``src_dir`` into ``out_dir``; return the names written."""
     written: list[str] = []
-    config = src_dir / "tokenizer_config.json"
-    if config.is_file():
-        write_json(out_dir / config.name, rewrite_tokenizer_config(read_json(config), kept_ids))
-        written.append(config.name)
-    special_map = src_dir / "special_tokens_map.json"
-    if special_map.is_file():
-        write_json(out_dir / special_map.name, read_json(special_map))
-        written.append(special_map.name)
-    added = src_dir / "added_tokens.json"
-    if added.is_file():
-        write_json(out_dir / added.name, rewrite_added_tokens(read_json(added), kept_ids))
-        written.append(added.name)
+    rewriters = {  # special_tokens_map.json names tokens by content, not id: carried as is
+        "tokenizer_config.json": lambda data: rewrite_tokenizer_config(data, kept_ids),
+        "special_tokens_map.json": lambda data: data,
+        "added_tokens.json": lambda data: rewrite_added_tokens(data, kept_ids),
+    }
+    for name, rewrite in rewriters.items():
+        if (src_dir / name).is_file():
+            write_json(out_dir / name, rewrite(read_json(src_dir / name)))
+            written.append(name)
     vocab_json = src_dir / "vocab.json"
     if vocab_json.is_file():
         vocab = rewrite_vocab_json(read_json(vocab_json), kept_ids)
