@@ -19,15 +19,20 @@ class Backend(Protocol):
     """Gathers kept elements of a raw block along one axis."""
 
     name: str
+    in_place: bool  # take_into writes straight into `out`, so many small gathers are cheap
 
     def take(self, block: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
         """`block` restricted to `index` along `axis`, as a C-contiguous numpy array."""
+
+    def take_into(self, block: np.ndarray, index: np.ndarray, axis: int, out: np.ndarray) -> None:
+        """Write `block` restricted to `index` along `axis` into `out` (of the result's shape)."""
 
 
 class NumpyBackend:
     """numpy fancy indexing on memory-mapped blocks."""
 
     name = "numpy"
+    in_place = True
 
     def take(self, block: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
         """Gather along `axis` (one copy).
@@ -36,6 +41,10 @@ class NumpyBackend:
         bounds check is skipped (mode='clip': about 1.7x faster on column gathers).
         """
         return np.take(block, index, axis=axis, mode="clip")
+
+    def take_into(self, block: np.ndarray, index: np.ndarray, axis: int, out: np.ndarray) -> None:
+        """Gather along `axis` straight into `out` (no temporary)."""
+        np.take(block, index, axis=axis, out=out, mode="clip")
 
 
 _SIGNED = {np.dtype(np.uint8): np.uint8, np.dtype(np.uint16): np.int16, np.dtype(np.uint32): np.int32, np.dtype(np.uint64): np.int64}
@@ -54,6 +63,7 @@ class TorchBackend:
         self.torch = torch
         self.device = torch.device(device)
         self.name = f"torch:{device}"
+        self.in_place = False
 
     def take(self, block: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
         """Gather along `axis` on the device and copy the result back."""
@@ -64,6 +74,10 @@ class TorchBackend:
             tensor = torch.from_numpy(signed).to(self.device)
         picked = torch.index_select(tensor, axis, torch.from_numpy(index.astype(np.int64)).to(self.device))
         return picked.cpu().numpy().view(block.dtype)
+
+    def take_into(self, block: np.ndarray, index: np.ndarray, axis: int, out: np.ndarray) -> None:
+        """Gather on the device, then copy the result into `out`."""
+        out[...] = self.take(block, index, axis)
 
 
 def default_workers() -> int:

@@ -21,6 +21,7 @@ import numpy as np
 
 from .backend import Backend, NumpyBackend, default_workers
 from .dtypes import from_float32, raw_dtype, to_float32
+from .gather import BufferPool, gather_into, out_shape
 from .plan import Plan, TensorPlan
 from .sink import ShardLayout, ShardWriter, write_index
 from .storage import Blob, Storage
@@ -45,56 +46,56 @@ class InKernelCopy:
     length: int
 
 
-Block = tuple["np.ndarray | memoryview | InKernelCopy", int, int]  # data, then the input range it used up
+Block = tuple["np.ndarray | memoryview | InKernelCopy", int, int, "np.ndarray | None"]
+"""Data; the input range to release once written; the pooled buffer to give back once written."""
 
 
-def _slice(tp: TensorPlan, blob: Blob, backend: Backend, lo: int, hi: int, rows: np.ndarray | None) -> Block:
+def _slice(tp: TensorPlan, blob: Blob, backend: Backend, pool: BufferPool, lo: int, hi: int,
+           rows: np.ndarray | None) -> Block:
     """Output rows of one block: input rows lo..hi, gathered, sliced, rescaled."""
     ref = tp.source
     row_bytes = ref.nbytes // ref.shape[0]
     buffer = blob.read(ref.offset + lo * row_bytes, (hi - lo) * row_bytes)
     block = np.frombuffer(buffer, dtype=raw_dtype(ref.dtype)).reshape((hi - lo, *ref.shape[1:]))
-    view = True
-    if rows is not None and len(rows) != hi - lo:
-        block, view = backend.take(block, rows - lo, 0), False
-    for axis, idx in enumerate(tp.index[1:], start=1):
-        if idx is not None:
-            block, view = backend.take(block, idx, axis), False
-    if tp.rescale is not None:
-        block, view = _rescaled(block, tp), False
-    if view:  # still the input's memory: release it only after the write
-        return block, ref.offset + lo * row_bytes, (hi - lo) * row_bytes
+    kept = None if rows is None or len(rows) == hi - lo else rows - lo
+    index = list(tp.index[1:])
+    if kept is None and all(idx is None for idx in index) and tp.rescale is None:
+        return block, ref.offset + lo * row_bytes, (hi - lo) * row_bytes, None  # still the input's memory
+    out, lease = pool.take(out_shape(block, kept, index), block.dtype)
+    gather_into(block, kept, index, out, backend)
     blob.release(ref.offset + lo * row_bytes, (hi - lo) * row_bytes)
-    return np.ascontiguousarray(block), 0, 0
+    if tp.rescale is not None:
+        out[...] = _rescaled(out, tp)
+    return out, 0, 0, lease
 
 
-def _block_jobs(tp: TensorPlan, blob: Blob, backend: Backend, block_bytes: int) -> Iterator[Callable[[], Block]]:
+def _block_jobs(tp: TensorPlan, blob: Blob, backend: Backend, pool: BufferPool) -> Iterator[Callable[[], Block]]:
     """Thunks that each produce one output block of a tensor, in order (safe to run in threads)."""
-    ref = tp.source
+    ref, block_bytes = tp.source, pool.capacity
     if ref.nbytes == 0:
         return
     if tp.identity and callable(getattr(blob, "fileno", None)):
-        yield lambda: (InKernelCopy(blob.fileno(), ref.offset, ref.nbytes), 0, 0)  # type: ignore[attr-defined]
+        yield lambda: (InKernelCopy(blob.fileno(), ref.offset, ref.nbytes), 0, 0, None)  # type: ignore[attr-defined]
         return
     if tp.identity or not ref.shape:
         for start in range(0, ref.nbytes, block_bytes):
             size = min(block_bytes, ref.nbytes - start)
-            yield lambda start=start, size=size: (blob.read(ref.offset + start, size), ref.offset + start, size)  # type: ignore[misc]
+            yield lambda start=start, size=size: (blob.read(ref.offset + start, size), ref.offset + start, size, None)  # type: ignore[misc]
         return
     rows = tp.index[0]
     step = max(1, block_bytes // max(1, ref.nbytes // ref.shape[0]))  # input rows per block
     if rows is None:
         for lo in range(0, ref.shape[0], step):
-            yield lambda lo=lo: _slice(tp, blob, backend, lo, min(ref.shape[0], lo + step), None)  # type: ignore[misc]
+            yield lambda lo=lo: _slice(tp, blob, backend, pool, lo, min(ref.shape[0], lo + step), None)  # type: ignore[misc]
     else:
         start = 0
         while start < len(rows):  # a block spans at most `step` input rows, however sparse the kept rows
             end = int(np.searchsorted(rows, int(rows[start]) + step, side="left"))
             chunk = rows[start:end]
-            yield lambda chunk=chunk: _slice(tp, blob, backend, int(chunk[0]), int(chunk[-1]) + 1, chunk)  # type: ignore[misc]
+            yield lambda chunk=chunk: _slice(tp, blob, backend, pool, int(chunk[0]), int(chunk[-1]) + 1, chunk)  # type: ignore[misc]
             start = end
     if tp.pad_rows:
-        yield lambda: (np.zeros((tp.pad_rows, *tp.out.shape[1:]), dtype=raw_dtype(ref.dtype)), 0, 0)
+        yield lambda: (np.zeros((tp.pad_rows, *tp.out.shape[1:]), dtype=raw_dtype(ref.dtype)), 0, 0, None)
 
 
 class _WriteBehind:
@@ -133,7 +134,7 @@ class _WriteBehind:
 
 
 def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage, out_dir: Path,
-                 backend: Backend, block_bytes: int, progress: Progress | None, pool: ThreadPoolExecutor | None,
+                 backend: Backend, buffers: BufferPool, progress: Progress | None, pool: ThreadPoolExecutor | None,
                  in_flight: int) -> None:
     """Slice blocks (on `pool` when given, in order) and write them behind, tensor after tensor."""
     writer = ShardWriter(out_dir / layout.file, layout)
@@ -142,7 +143,7 @@ def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage,
     pending: deque[Future[Callable[[], None]] | Callable[[], None]] = deque()
 
     def write_job(thunk: Callable[[], Block], blob: Blob) -> Callable[[], None]:
-        data, offset, length = thunk()
+        data, offset, length, lease = thunk()
 
         def write() -> None:
             if isinstance(data, InKernelCopy):
@@ -151,6 +152,7 @@ def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage,
                 writer.write(data)
                 if length:
                     blob.release(offset, length)
+                buffers.give(lease)
         return write
 
     def drain(limit: int) -> None:
@@ -167,7 +169,7 @@ def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage,
         for tp in items:
             pending.append(lambda name=tp.out.name: writer.begin(name))  # type: ignore[misc]
             blob = blobs.get(tp.source.file) or blobs.setdefault(tp.source.file, storage.open_blob(tp.source.file))
-            for thunk in _block_jobs(tp, blob, backend, block_bytes):
+            for thunk in _block_jobs(tp, blob, backend, buffers):
                 pending.append(pool.submit(write_job, thunk, blob) if pool else write_job(thunk, blob))
                 drain(in_flight)
             pending.append(lambda n=tp.out.nbytes: end(n))  # type: ignore[misc]
@@ -197,10 +199,11 @@ def execute(plan: Plan, storage: Storage, out_dir: Path, *, backend: Backend | N
     by_name = {t.out.name: t for t in plan.tensors}
     workers = default_workers() if workers is None else workers
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prune-surgery-slice") if workers > 1 else None
+    buffers = BufferPool(block_bytes)
     try:
         for layout in plan.shards:
             items = [by_name[o.name] for o in layout.tensors]
-            _write_shard(layout, items, storage, out_dir, backend, block_bytes, progress, pool, workers + 1 if pool else 0)
+            _write_shard(layout, items, storage, out_dir, backend, buffers, progress, pool, workers + 1 if pool else 0)
     finally:
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
