@@ -14,13 +14,11 @@ from .backend import make_backend
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import CheckpointError, SpecError
 from .output import atomic_folder, check_output, is_tokenizer_file, side_files
-from .plan import Plan, build_plan
+from .plan import BLOCK_BYTES, Plan, build_plan
 from .sizes import source_sizes
 from .spec import PruneSpec
 from .storage import LocalStorage, Storage
 from .stream import execute
-
-DEFAULT_BLOCK_BYTES = 32 << 20
 
 
 @dataclass
@@ -77,7 +75,7 @@ def inspect(src: str | Path, *, revision: str | None = None, stream: bool = Fals
 
 
 def plan(src: str | Path, spec: PruneSpec | None = None, *, revision: str | None = None,
-         stream: bool = False, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Plan:
+         stream: bool = False, block_bytes: int = BLOCK_BYTES) -> Plan:
     """Plan a pruning run without writing anything."""
     source = open_source(src, revision=revision, stream=stream)
     return build_plan(source.checkpoint, source.arch, spec or PruneSpec(), source.record, block_bytes)
@@ -85,7 +83,7 @@ def plan(src: str | Path, spec: PruneSpec | None = None, *, revision: str | None
 
 def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revision: str | None = None,
         stream: bool = False, overwrite: bool = False, device: str | None = None, workers: int | None = None,
-        block_bytes: int = DEFAULT_BLOCK_BYTES, command: str | None = None,
+        block_bytes: int = BLOCK_BYTES, command: str | None = None,
         progress: Callable[[Plan], Callable[[int], None] | None] | None = None) -> Plan | dict[str, Any]:
     """Prune `src` into the folder `out` (atomically) and return the executed plan.
 

@@ -22,7 +22,7 @@ import numpy as np
 from .backend import Backend, NumpyBackend, default_workers
 from .dtypes import from_float32, raw_dtype, to_float32
 from .gather import BufferPool, gather_into, out_shape
-from .plan import Plan, TensorPlan
+from .plan import BLOCK_BYTES, Plan, TensorPlan
 from .sink import ShardLayout, ShardWriter, write_index
 from .storage import Blob, Storage
 
@@ -189,7 +189,7 @@ def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage,
 
 
 def execute(plan: Plan, storage: Storage, out_dir: Path, *, backend: Backend | None = None,
-            block_bytes: int = 32 << 20, workers: int | None = None, progress: Progress | None = None) -> None:
+            block_bytes: int = BLOCK_BYTES, workers: int | None = None, progress: Progress | None = None) -> None:
     """Write every shard of `plan` (and the index) into `out_dir`.
 
     `workers` threads slice row blocks concurrently (results are written in order by one
