@@ -56,6 +56,7 @@ class Contender:
     keep: bool = False
     check: str | None = None  # results["checks"] key: compare outs[0] with check_against once
     check_against: Path | None = None
+    src: Path | None = None  # the checkpoint it reads, when not the part's own
 
 
 def summarize(ms: list[dict]) -> dict:
@@ -135,7 +136,7 @@ class Bench:
     def once(self, c: Contender, src: Path) -> dict:
         """Run one contender once on a warm cache and an idle disk; return its measurement."""
         self.fresh(*c.outs)
-        self.warm(src)
+        self.warm(c.src or src)
         log = self.logs / f"{c.name}.log"
         m = rss.measure(c.cmd, log=log, cwd=ROOT, timeout=self.a.timeout).to_dict()
         if m["returncode"] != 0:
@@ -217,7 +218,7 @@ class Bench:
                                                       str(base), "--keep", str(ref / "prune_surgery.json")],
                                 [base], slow=True, check="baseline_vs_prune_surgery", check_against=ref))
         if not self.a.skip_workers:
-            # --workers writes shards concurrently: smaller shards so the output has several
+            # --workers 1 vs 2 slicing threads (on smaller shards, so the output has several)
             shard = str(max(1, self.p["main"].total_bytes() // 6))
             for n in (1, 2):
                 w = self.work / f"out-ps-w{n}"
@@ -248,12 +249,16 @@ class Bench:
         self.fresh(ref)
 
     def double(self) -> None:
-        """Peak RSS of the width+depth job on a checkpoint with twice the layers."""
+        """Peak RSS of the width+depth job on a checkpoint with twice the layers, against the same
+        job on the 1x checkpoint in the same rounds (the same number of chances to peak)."""
         base = self.p["main"]
         shape = dataclasses.replace(base, layers=2 * base.layers)
-        src, job = self.checkpoint("double", shape), self.p["job"]
-        out = self.work / "out-ps-2x"
-        self.rounds(src, [Contender("prune_surgery_2x", self.ps_run(src, out, job), [out])], 1)
+        one, job = self.checkpoint("main", base), self.p["job"]
+        src = self.checkpoint("double", shape)
+        out1, out2 = self.work / "out-ps-1x", self.work / "out-ps-2x"
+        cs = [Contender("prune_surgery_1x", self.ps_run(one, out1, job), [out1], src=one),
+              Contender("prune_surgery_2x", self.ps_run(src, out2, job), [out2], src=src)]
+        self.rounds(src, cs, self.a.repeat_double)
         if not self.a.keep_checkpoints:  # 20 s to regenerate; frees 7.4 GB of disk and page cache
             shutil.rmtree(src)
 
@@ -350,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs of each quick measurement, best wall kept (a shared machine's page "
                    "cache and disk are noisy); the baseline and mergekit run once")
     p.add_argument("--repeat-slow", type=int, default=2, help="rounds in which the baseline and mergekit run")
+    p.add_argument("--repeat-double", type=int, default=3,
+                   help="rounds of the 1x-vs-2x peak RSS comparison")
     p.add_argument("--skip-baseline", action="store_true", help="no transformers in-memory baseline")
     p.add_argument("--skip-depth", action="store_true", help="no depth-only part (mergekit included)")
     p.add_argument("--skip-mergekit", action="store_true", help="no mergekit (depth-only prune-surgery still runs)")
