@@ -278,8 +278,8 @@ def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], t
 
 
 def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
-    """Working memory of the stream: blocks in flight (slicing, queued, being written), index arrays,
-    and the float32 copies of a rescaled block."""
+    """Working memory of the stream: blocks alive at once (workers + 1 queued for slicing, one in
+    hand, two queued for the writer, one being written), index arrays, float32 copies of a rescaled block."""
     if not tensors:
         return 0
 
@@ -290,7 +290,7 @@ def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
     block = max(min(t.out.nbytes, block_bytes) for t in tensors)
     index = max(sum(i.nbytes for i in t.index if i is not None) for t in tensors)
     rescaled = max((float_copies(t) for t in tensors if t.rescale), default=0)
-    return (default_workers() + 4) * block + index + rescaled
+    return (default_workers() + 5) * block + index + rescaled
 
 
 def _warnings(plan: Plan, pad: int) -> list[str]:
