@@ -160,10 +160,18 @@ def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage,
             item = pending.popleft()
             behind.submit(item.result() if isinstance(item, Future) else item)
 
-    def end(nbytes: int) -> None:
+    swept: dict[str, int] = {}  # per input file: everything before this offset has been released
+
+    def end(tp: TensorPlan, blob: Blob) -> None:
         writer.end()
+        # Sweep the input behind this tensor: pages the kernel mapped around a block (fault-around)
+        # or at a block's edge would otherwise stay resident, a few per block, growing with the model.
+        start, stop = swept.get(tp.source.file, 0), tp.source.offset + tp.source.nbytes
+        if stop > start:
+            blob.release(start, stop - start)
+            swept[tp.source.file] = stop
         if progress:
-            progress(nbytes)
+            progress(tp.out.nbytes)
 
     try:
         for tp in items:
@@ -172,7 +180,7 @@ def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage,
             for thunk in _block_jobs(tp, blob, backend, buffers):
                 pending.append(pool.submit(write_job, thunk, blob) if pool else write_job(thunk, blob))
                 drain(in_flight)
-            pending.append(lambda n=tp.out.nbytes: end(n))  # type: ignore[misc]
+            pending.append(lambda tp=tp, blob=blob: end(tp, blob))  # type: ignore[misc]
         drain(0)
         behind.close()
         writer.close()
