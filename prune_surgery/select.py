@@ -127,18 +127,35 @@ def _rng(seed: int, space: str, *scope: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(space.encode()), *scope])
 
 
+_SHARED: list[int] = []  # one int object per index value, shared by every kept-index list
+
+
+def shared_ints(values: "np.ndarray | list[int]") -> list[int]:
+    """`values` as a list of shared int objects.
+
+    Each layer keeps its own lists of indices (thousands of ffn channels per layer); sharing
+    the int objects makes a list cost 8 bytes per index instead of 40, so the plan of a deep
+    model stays small.
+    """
+    values = np.asarray(values, dtype=np.int64)
+    top = int(values.max()) + 1 if len(values) else 0
+    if top > len(_SHARED):
+        _SHARED.extend(range(len(_SHARED), top))
+    return [_SHARED[i] for i in values.tolist()]
+
+
 def choose(n: int, k: int, method: str, rng: np.random.Generator, score: np.ndarray | None, parts: int = 1) -> list[int]:
     """Keep `k` of `n` units, `k/parts` in each of `parts` contiguous partitions, sorted."""
     size, per = n // parts, k // parts
-    chosen: list[int] = []
+    chosen: list[np.ndarray] = []
     for p in range(parts):
         if method == "magnitude":
             assert score is not None
             local = np.argsort(-score[p * size : (p + 1) * size], kind="stable")[:per]
         else:
             local = rng.choice(size, per, replace=False)
-        chosen.extend(int(i) + p * size for i in local)
-    return sorted(chosen)
+        chosen.append(np.asarray(local, dtype=np.int64) + p * size)
+    return shared_ints(np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64))
 
 
 def scope_keys(arch: Architecture, space: str, keep: Keep, sizes: dict[str, int]) -> list[str]:
@@ -230,7 +247,7 @@ def _choose_within(arch: Architecture, name: str, key: str, keep: Keep, sizes: d
         local = score[g * per_source : (g + 1) * per_source] if score is not None else None
         picks = choose(per_source, per_target, spec.method, rng, local)
         chosen.extend(g * per_source + i for i in picks)
-    return chosen
+    return shared_ints(chosen)
 
 
 def _validated(arch: Architecture, name: str, value: object, keys: list[str], sizes: dict[str, int], targets: dict[str, int]) -> list[int] | dict[str, list[int]]:

@@ -10,7 +10,7 @@ from safetensors.numpy import load_file, save_file
 
 import prune_surgery as ps
 from models import keep_of
-from prune_surgery.select import layers_to_drop
+from prune_surgery.select import choose, layers_to_drop, shared_ints
 
 
 @pytest.mark.parametrize("n,d", [(4, 1), (12, 3), (24, 2), (32, 10), (8, 6)])
@@ -119,3 +119,16 @@ def test_command_line_options_override_the_spec_file(checkpoints, tmp_path):
     plan = json.loads(result.stdout)
     assert plan["new_config"]["hidden_size"] == 32 and plan["spec"]["seed"] == 5
     assert plan["keep"]["ffn"] == keep_of(first)["ffn"]  # the keep file, found next to the spec
+
+
+def test_kept_index_lists_share_their_int_objects():
+    """Per-layer index lists hold shared ints (8 bytes per index, not 40), with the same values as plain ints."""
+    values = np.array([3, 70000, 5, 70000], dtype=np.int32)
+    a, b = shared_ints(values), shared_ints(np.array([70000, 3]))
+    assert a == [3, 70000, 5, 70000] and all(type(v) is int for v in a)
+    assert a[1] is b[0] and a[1] is a[3]
+    rng1, rng2 = np.random.default_rng(1), np.random.default_rng(1)
+    picked = choose(50000, 30000, "random", rng1, None, parts=2)
+    expected = sorted(int(i) + p * 25000 for p in range(2) for i in rng2.choice(25000, 15000, replace=False))
+    assert picked == expected
+    assert shared_ints([]) == []
