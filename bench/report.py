@@ -168,7 +168,10 @@ def markdown(results: dict) -> str:
               "median. Peak RSS: the largest of the kernel's high-water mark (VmHWM) of any process of the "
               "command's tree and the sampled sum of their RSS, over all rounds; *anon* is memory the process "
               "allocated, *file-mapped* page cache of memory-mapped files counted while mapped (sampled every "
-              "10 ms).", ""]
+              "10 ms)." + (f" Before each run, outputs are deleted and memory left to settle for "
+                           f"{results['meta']['settle_s']:g} s (see run_bench.py: freed pages go back to the "
+                           "hypervisor, so no contender inherits hot pages from the previous one)."
+                           if results.get("meta", {}).get("settle_s") else ""), ""]
     return "\n".join(lines)
 
 

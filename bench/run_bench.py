@@ -16,6 +16,14 @@ venv (``make bench`` runs ``.venv/bin/python bench/run_bench.py``). ``--small`` 
 on tiny checkpoints (seconds); ``--skip-*`` leave parts out. Logs of every command are under
 ``bench/work/logs/``. Exit status: 0 if every part ran (targets missed do not fail it), 1 if
 a part failed.
+
+Settling (``--settle``, 3 s by default): on a virtual machine whose balloon driver reports free
+pages to the host (``/sys/module/page_reporting``), memory freed by deleting the previous run's
+output is handed back to the hypervisor about 2 s later, and touching it again costs a host
+fault per page.  A process that writes right after the delete gets those pages hot (the floor
+wrote 2.2 GB in 0.43 s), one that writes later gets them cold (3.2-3.9 s after a 4 s pause).
+Without a pause, whoever allocates first wins by luck; with it, every contender starts from
+the same settled memory.
 """
 
 from __future__ import annotations
@@ -105,7 +113,7 @@ class Bench:
                 "mem_bytes": total, "kernel": platform.release(), "python": platform.python_version(),
                 "numpy": numpy.__version__, "prune_surgery": ps_version,
                 "commit": git_commit(), "load_start": os.getloadavg(),
-                "small": self.a.small, "repeat": self.a.repeat, "repeat_slow": self.a.repeat_slow,
+                "small": self.a.small, "repeat": self.a.repeat, "repeat_slow": self.a.repeat_slow, "settle_s": self.a.settle,
                 "prune_surgery_cmd": prune_surgery_cmd()}
 
     def log(self, msg: str) -> None:
@@ -136,6 +144,7 @@ class Bench:
     def once(self, c: Contender, src: Path) -> dict:
         """Run one contender once on a warm cache and an idle disk; return its measurement."""
         self.fresh(*c.outs)
+        time.sleep(self.a.settle)  # freed pages go back to the hypervisor for every contender alike
         self.warm(c.src or src)
         log = self.logs / f"{c.name}.log"
         m = rss.measure(c.cmd, log=log, cwd=ROOT, timeout=self.a.timeout).to_dict()
@@ -355,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs of each quick measurement, best wall kept (a shared machine's page "
                    "cache and disk are noisy); the baseline and mergekit run once")
     p.add_argument("--repeat-slow", type=int, default=2, help="rounds in which the baseline and mergekit run")
+    p.add_argument("--settle", type=float, default=3.0,
+                   help="seconds to wait after deleting outputs, before warming the input (see the module doc)")
     p.add_argument("--repeat-double", type=int, default=3,
                    help="rounds of the 1x-vs-2x peak RSS comparison")
     p.add_argument("--skip-baseline", action="store_true", help="no transformers in-memory baseline")
