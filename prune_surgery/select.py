@@ -155,7 +155,7 @@ def choose(n: int, k: int, method: str, rng: np.random.Generator, score: np.ndar
         else:
             local = rng.choice(size, per, replace=False)
         chosen.append(np.asarray(local, dtype=np.int64) + p * size)
-    return shared_ints(np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64))
+    return shared_ints(np.sort(np.concatenate(chosen)))  # parts >= 1: never empty
 
 
 def scope_keys(arch: Architecture, space: str, keep: Keep, sizes: dict[str, int]) -> list[str]:

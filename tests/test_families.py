@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -180,9 +181,7 @@ def test_gemma_layer_types_and_softcapping_survive(family_ckpts, tmp_path):
 
 def test_gemma2_layer_types_are_written_out_when_implicit(family_ckpts, tmp_path):
     src = tmp_path / "src"
-    src.mkdir()
-    for f in family_ckpts["gemma2"].iterdir():
-        (src / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(family_ckpts["gemma2"], src)
     cfg = _config(src)
     del cfg["layer_types"]  # older gemma-2 configs: sliding on even layers, implied
     (src / "config.json").write_text(json.dumps(cfg))
@@ -218,9 +217,7 @@ def test_unsupported_model_type_points_to_the_table_docs(family_ckpts, tmp_path)
     from prune_surgery.api import inspect
 
     src = tmp_path / "falcon"
-    src.mkdir()
-    for f in family_ckpts["phi3"].iterdir():
-        (src / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(family_ckpts["phi3"], src)
     (src / "config.json").write_text(json.dumps({**_config(family_ckpts["phi3"]), "model_type": "falcon"}))
     with pytest.raises(ArchitectureError) as info:
         inspect(src)
