@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,9 @@ from .sizes import source_sizes
 from .spec import PruneSpec
 from .storage import LocalStorage, Storage
 from .stream import execute
+
+
+SCORES_NAME = "scores.safetensors"  # the activation statistics an output was selected by
 
 
 @dataclass
@@ -76,9 +80,22 @@ def inspect(src: str | Path, *, revision: str | None = None, stream: bool = Fals
 
 def plan(src: str | Path, spec: PruneSpec | None = None, *, revision: str | None = None,
          stream: bool = False, block_bytes: int = BLOCK_BYTES) -> Plan:
-    """Plan a pruning run without writing anything."""
+    """Plan a pruning run without writing anything (`--calibration` data is calibrated in a temporary folder)."""
     source = open_source(src, revision=revision, stream=stream)
-    return build_plan(source.checkpoint, source.arch, spec or PruneSpec(), source.record, block_bytes)
+    with tempfile.TemporaryDirectory(prefix="prune-surgery-") as work:
+        spec = with_scores(src, spec or PruneSpec(), Path(work), revision)
+        return build_plan(source.checkpoint, source.arch, spec, source.record, block_bytes)
+
+
+def with_scores(src: str | Path, spec: PruneSpec, work: Path, revision: str | None = None) -> PruneSpec:
+    """`spec` with a scores file: calibrated now into `work` when only `--calibration` data was given."""
+    if spec.method != "activation" or spec.scores or not spec.calibration or spec.keep:
+        return spec
+    from .calibrate.calibration import calibrate
+
+    path = work / SCORES_NAME
+    calibrate(src, spec.calibration, path, revision=revision)
+    return replace(spec, scores=str(path))
 
 
 def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revision: str | None = None,
@@ -102,13 +119,19 @@ def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revi
     source = open_source(src, revision=revision, stream=stream)
     check_output(out, source.local_root, overwrite)
     backend = make_backend(device)
-    the_plan = build_plan(source.checkpoint, source.arch, spec or PruneSpec(), source.record, block_bytes)
-    callback = progress(the_plan) if progress else None
-    with atomic_folder(out) as tmp:
-        execute(the_plan, source.storage, tmp, backend=backend, block_bytes=block_bytes, workers=workers, progress=callback)
-        write_side_files(the_plan, source.storage, tmp)
-        (tmp / "config.json").write_text(json.dumps(the_plan.new_config, indent=2, sort_keys=True) + "\n")
-        (tmp / "prune_surgery.json").write_text(record_json(run_record(the_plan, command)))
+    with tempfile.TemporaryDirectory(prefix="prune-surgery-") as work:
+        spec = with_scores(src, spec or PruneSpec(), Path(work), revision)
+        the_plan = build_plan(source.checkpoint, source.arch, spec, source.record, block_bytes)
+        callback = progress(the_plan) if progress else None
+        with atomic_folder(out) as tmp:
+            execute(the_plan, source.storage, tmp, backend=backend, block_bytes=block_bytes, workers=workers, progress=callback)
+            write_side_files(the_plan, source.storage, tmp)
+            (tmp / "config.json").write_text(json.dumps(the_plan.new_config, indent=2, sort_keys=True) + "\n")
+            record = run_record(the_plan, command)
+            if spec.method == "activation" and spec.scores and not spec.keep:
+                shutil.copyfile(spec.scores, tmp / SCORES_NAME)  # the statistics the selection ranked by
+                record["spec"]["scores"] = SCORES_NAME
+            (tmp / "prune_surgery.json").write_text(record_json(record))
     return the_plan
 
 
@@ -204,6 +227,7 @@ def run_record(plan: Plan, command: str | None) -> dict[str, Any]:
         "method": plan.spec.method,
         "seed": plan.spec.seed,
         "norm_rescale": plan.spec.norm_rescale,
+        "calibration": plan.calibration,
         "params": {"before": plan.params_before, "after": plan.params_after},
         "config_changes": plan.changes,
         "plan_hash": plan.plan_hash,

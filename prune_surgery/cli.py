@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -36,7 +36,9 @@ Ffn = typer.Option(None, "--intermediate-size", help="Target FFN size")
 Experts = typer.Option(None, "--num-experts", help="Target experts per MoE layer (num_experts_per_tok must stay <= N)")
 MoeFfn = typer.Option(None, "--moe-intermediate-size", help="Target FFN size of each expert (Qwen-MoE)")
 SharedFfn = typer.Option(None, "--shared-expert-intermediate-size", help="Target FFN size of the shared expert (Qwen-MoE)")
-Method = typer.Option(None, "--method", help="random (seeded) or magnitude (largest L2 norm)")
+Method = typer.Option(None, "--method", help="random (seeded), magnitude (largest L2 norm) or activation (needs --scores or --calibration)")
+ScoresFile = typer.Option(None, "--scores", help="Activation statistics from 'prune-surgery calibrate' (--method activation)")
+Calibration = typer.Option(None, "--calibration", help="Data file(s) to calibrate on the fly for --method activation (repeatable)")
 Seed = typer.Option(None, "--seed", help="Seed of random selection (default 1234)")
 Balance = typer.Option(None, "--balance", help="Keep the same count in each of N contiguous partitions (tensor parallel)")
 KeepFile = typer.Option(None, "--keep", help="Explicit kept indices (a prune_surgery.json or its 'keep' object)")
@@ -54,9 +56,9 @@ def _spec(spec_file: Optional[Path], **options: Any) -> PruneSpec:
 
 
 def _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn, method, seed,
-                  balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size) -> PruneSpec:  # type: ignore[no-untyped-def]
+                  balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores=None, calibration=None) -> PruneSpec:  # type: ignore[no-untyped-def]
     return _spec(
-        spec_file, drop_layers=drop_layers, num_hidden_layers=num_layers, hidden_size=hidden,
+        spec_file, scores=scores, calibration=[str(c) for c in calibration] if calibration else None, drop_layers=drop_layers, num_hidden_layers=num_layers, hidden_size=hidden,
         num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=ffn, num_experts=experts,
         moe_intermediate_size=moe_ffn, shared_expert_intermediate_size=shared_ffn, method=method,
         seed=seed, balance=balance, keep=keep, keep_vocab=keep_vocab, pad_vocab_to_multiple_of=pad_vocab,
@@ -83,11 +85,12 @@ def plan(src: str = Src, spec_file: Optional[Path] = SpecFile, drop_layers: Opti
          seed: Optional[int] = Seed, balance: Optional[int] = Balance, keep: Optional[Path] = KeepFile,
          keep_vocab: Optional[Path] = KeepVocab, pad_vocab: Optional[int] = PadVocab,
          no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize,
+         scores: Optional[Path] = ScoresFile, calibration: Optional[List[Path]] = Calibration,
          revision: Optional[str] = Revision, stream: bool = Stream,
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output")) -> None:
     """Plan the pruning: new config, sizes, shards, memory, warnings. Writes nothing."""
     spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn,
-                         method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size)
+                         method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores, calibration)
     the_plan = api.plan(src, spec, revision=revision, stream=stream)
     if as_json:
         typer.echo(json.dumps(plan_json(the_plan), indent=1))
@@ -118,6 +121,7 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
         seed: Optional[int] = Seed, balance: Optional[int] = Balance, keep: Optional[Path] = KeepFile,
         keep_vocab: Optional[Path] = KeepVocab, pad_vocab: Optional[int] = PadVocab,
         no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize,
+        scores: Optional[Path] = ScoresFile, calibration: Optional[List[Path]] = Calibration,
         revision: Optional[str] = Revision, stream: bool = Stream,
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists and is not empty"),
         device: Optional[str] = typer.Option(None, "--device", help="Slice with torch on cpu or cuda (default: numpy)"),
@@ -130,7 +134,7 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
         as_json: bool = typer.Option(False, "--json", help="Print the executed plan as JSON")) -> None:
     """Prune SRC into OUT: new shards, config.json, tokenizer files and prune_surgery.json."""
     spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn,
-                         method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size)
+                         method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores, calibration)
     bar, factory = _progress_factory(quiet)
     if quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -166,11 +170,13 @@ CORE_COMMANDS = ("inspect", "plan", "run")
 
 def register_subcommands() -> None:
     """Add `push`, `vocab ...` and `megatron ...` (imported only when they may be used)."""
+    from .calibrate.cli import register as register_calibrate
     from .cli_hub import register
     from .megatron.cli import app as megatron_app
     from .vocab.cli import app as vocab_app
 
     register(app)
+    register_calibrate(app)
     app.add_typer(vocab_app, name="vocab", help="Vocabulary pruning: count token frequencies, verify tokenization")
     app.add_typer(megatron_app, name="megatron", help="Megatron-LM tensor-parallel checkpoints: export, import, reshard")
 

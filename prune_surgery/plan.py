@@ -32,6 +32,12 @@ BLOCK_BYTES = 16 << 20
 bench machine 16 MiB blocks ran the width+depth job 1.5x faster than 32 MiB ones, with a third less memory."""
 
 
+MAGNITUDE_WARNING = (
+    "magnitude ranks units by weight norms, which lose to random selection on real pretrained models "
+    "(SmolLM2-135M, ffn 1536 -> 1024: see README 'Choosing what to keep'); prefer --method activation"
+)
+
+
 @dataclass
 class TensorPlan:
     """How one output tensor is made from one input tensor."""
@@ -73,6 +79,7 @@ class Plan:
     vocab_rows: int = 0
     warnings: list[str] = field(default_factory=list)
     plan_hash: str = ""
+    calibration: dict[str, Any] | None = None  # provenance of the activation scores selection ranked by
 
     @property
     def changes(self) -> dict[str, list[Any]]:
@@ -159,9 +166,16 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     """Plan a pruning run; raises SpecError / ArchitectureError for what cannot be done."""
     config = ckpt.config
     sizes = source_sizes(arch, config)
-    targets, layers = targets_and_layers(arch, sizes, spec)
+    activation = _activation_scores(spec, config)
+    influence = activation.layer_influence() if activation is not None else None  # depth by block influence
+    targets, layers = targets_and_layers(arch, sizes, spec, influence)
     scores = None
-    if spec.method == "magnitude":
+    if activation is not None:
+        from .calibrate.scorefile import check_scores, needed_spaces, ranking
+
+        check_scores(activation, config, needed_spaces(arch, sizes, targets))
+        scores = ranking(activation, arch, sizes)
+    elif spec.method == "magnitude":
         wanted = {s for s in arch.spaces if s not in ("layers", "vocab") and targets[s] != sizes[s]}
         wanted |= {arch.spaces[s].within for s in wanted if arch.spaces[s].within}  # type: ignore[misc]
         table = compute_scores(ckpt, arch, sizes, wanted, layers, block_bytes)
@@ -230,9 +244,24 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         bytes_before=ckpt.total_bytes, bytes_after=sum(t.out.nbytes for t in tensors),
         peak_bytes=_peak(tensors, block_bytes), vocab_rows=vocab_rows,
     )
+    if activation is not None:
+        plan.calibration = {k: activation.provenance.get(k) for k in ("data_hash", "data", "windows", "seq_len", "tokens", "config_hash", "version")}
     plan.warnings = _warnings(plan, pad)
     plan.plan_hash = plan_hash(plan)
     return plan
+
+
+def _activation_scores(spec: PruneSpec, config: dict[str, Any]) -> Any:
+    """The scores file of an activation run (numpy only: the core path never imports torch)."""
+    if spec.method != "activation" or spec.keep:
+        return None
+    if not spec.scores:
+        raise SpecError("--method activation needs --scores SCORES (from 'prune-surgery calibrate') or --calibration FILE")
+    from pathlib import Path
+
+    from .calibrate.scorefile import load_scores
+
+    return load_scores(Path(spec.scores))
 
 
 def _rescale(arch: Architecture, role: TensorRole, hidden_scale: float, tied: bool) -> float | None:
@@ -303,6 +332,8 @@ def _warnings(plan: Plan, pad: int) -> list[str]:
             notes.append("--no-norm-rescale: RMSNorm now averages over fewer channels, so outputs differ from the masked original")
     if pad:
         notes.append(f"vocabulary padded with {pad} zero rows: ids {plan.targets['vocab']}..{plan.targets['vocab'] + pad - 1} must never be sampled")
+    if plan.spec.method == "magnitude" and plan.spec.keep is None:
+        notes.append(MAGNITUDE_WARNING)
     if plan.spec.keep is None and plan.spec.method == "random" and plan.params_after < plan.params_before:
         notes.append(f"random selection with seed {plan.spec.seed}; recovery training (10-20B tokens) is expected after pruning")
     return notes

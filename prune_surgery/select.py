@@ -1,7 +1,8 @@
 """Choose the indices to keep in every pruned space.
 
-Methods: ``random`` (seeded, the original method) and ``magnitude`` (largest L2 norm, from
-scores computed while streaming), each optionally ``balance``d over N equal contiguous
+Methods: ``random`` (seeded, the original method), ``magnitude`` (largest L2 norm, from
+scores computed while streaming) and ``activation`` (largest activation statistics from a
+scores file, see ``calibrate/``), each optionally ``balance``d over N equal contiguous
 partitions for tensor parallelism; explicit indices come from a keep file.  Hidden and
 vocab are global; heads, kv heads, ffn, experts are chosen per layer.  GQA: query heads are
 chosen inside kept kv groups, the same count in every group.
@@ -17,7 +18,7 @@ import numpy as np
 from .arch import RULES, Architecture
 from .errors import SpecError
 from .keepfile import Keep, kept
-from .spec import PruneSpec
+from .spec import SCORED, PruneSpec
 
 Scores = Callable[[str, str], np.ndarray]
 
@@ -149,8 +150,7 @@ def choose(n: int, k: int, method: str, rng: np.random.Generator, score: np.ndar
     size, per = n // parts, k // parts
     chosen: list[np.ndarray] = []
     for p in range(parts):
-        if method == "magnitude":
-            assert score is not None
+        if score is not None:
             local = np.argsort(-score[p * size : (p + 1) * size], kind="stable")[:per]
         else:
             local = rng.choice(size, per, replace=False)
@@ -172,22 +172,33 @@ def scope_keys(arch: Architecture, space: str, keep: Keep, sizes: dict[str, int]
     return keys
 
 
-def select_layers(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec) -> list[int]:
-    """Kept original layer indices."""
+def select_layers(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec,
+                  influence: np.ndarray | None = None) -> list[int]:
+    """Kept original layer indices.
+
+    With `influence` (block influence per layer, from activation scores) and a target depth, the
+    layers that change the stream least are dropped (ShortGPT); otherwise middle-out.
+    """
     n = sizes["layers"]
     if spec.keep and "layers" in spec.keep:
         layers = list(spec.keep["layers"])  # type: ignore[arg-type]
         if not layers or layers[-1] >= n:
             raise SpecError(f"keep file: layers must be non-empty indices below {n}")
         return layers
-    drop = set(spec.drop_layers) if spec.drop_layers is not None else set(layers_to_drop(n, n - targets["layers"]))
+    if spec.drop_layers is not None:
+        drop = set(spec.drop_layers)
+    elif influence is not None and targets["layers"] < n:
+        drop = set(np.argsort(influence, kind="stable")[: n - targets["layers"]].tolist())
+    else:
+        drop = set(layers_to_drop(n, n - targets["layers"]))
     return [i for i in range(n) if i not in drop]
 
 
-def targets_and_layers(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) -> tuple[dict[str, int], list[int]]:
+def targets_and_layers(arch: Architecture, sizes: dict[str, int], spec: PruneSpec,
+                       influence: np.ndarray | None = None) -> tuple[dict[str, int], list[int]]:
     """Target size of every space and the kept original layers (the first step of selection)."""
     targets = resolve_targets(arch, sizes, spec)
-    layers = select_layers(arch, sizes, targets, spec)
+    layers = select_layers(arch, sizes, targets, spec, influence)
     targets["layers"] = len(layers)
     return targets, layers
 
@@ -216,7 +227,7 @@ def select_keep(
         for key in keys:
             scope = [int(x) for x in key.split(".")] if key else []
             rng = _rng(spec.seed, name, *scope)
-            score = scores(name, key) if spec.method == "magnitude" and scores else None
+            score = scores(name, key) if spec.method in SCORED and scores else None
             if space.within:
                 chosen[key] = _choose_within(arch, name, key, keep, sizes, targets, spec, score, rng)
             else:

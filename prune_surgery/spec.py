@@ -21,7 +21,9 @@ from .errors import SpecError
 
 DEFAULT_SEED = 1234
 DEFAULT_SHARD_SIZE = 5 * 10**9
-METHODS = ("random", "magnitude")
+METHODS = ("random", "magnitude", "activation")
+#: methods that rank units by a score (weight norms, or activation statistics from a scores file)
+SCORED = ("magnitude", "activation")
 
 #: keys of the original project's prune config -> our target keys
 ORIGINAL_KEYS = {
@@ -34,7 +36,7 @@ ORIGINAL_KEYS = {
 }
 OPTION_KEYS = {
     "drop_layers", "method", "seed", "balance", "keep", "keep_vocab", "norm_rescale",
-    "max_shard_size", "pad_vocab_to_multiple_of",
+    "max_shard_size", "pad_vocab_to_multiple_of", "scores", "calibration",
 }
 
 
@@ -52,6 +54,8 @@ class PruneSpec:
     pad_vocab_to_multiple_of: int | None = None
     norm_rescale: bool = True
     max_shard_size: int = DEFAULT_SHARD_SIZE
+    scores: str | None = None  # a scores file from `prune-surgery calibrate` (--method activation)
+    calibration: tuple[str, ...] | None = None  # data files to calibrate on the fly (--method activation)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able record of the spec (kept indices left out: they are recorded apart)."""
@@ -59,6 +63,7 @@ class PruneSpec:
         record.pop("keep")
         record.pop("keep_vocab")
         record["drop_layers"] = list(self.drop_layers) if self.drop_layers is not None else None
+        record["calibration"] = list(self.calibration) if self.calibration else None
         return {k: v for k, v in record.items() if v is not None and v != {}}
 
     def with_options(self, **options: Any) -> PruneSpec:
@@ -145,6 +150,18 @@ def spec_from_dict(data: dict[str, Any]) -> PruneSpec:
         spec = replace(spec, max_shard_size=parse_size(options["max_shard_size"]))
     if "pad_vocab_to_multiple_of" in options:
         spec = replace(spec, pad_vocab_to_multiple_of=_positive("pad_vocab_to_multiple_of", options["pad_vocab_to_multiple_of"]))
+    if "scores" in options:
+        spec = replace(spec, scores=str(options["scores"]))
+    if "calibration" in options:
+        files = options["calibration"]
+        files = [files] if isinstance(files, (str, Path)) else files
+        if not isinstance(files, (list, tuple)) or not files:
+            raise SpecError("calibration must name one or more data files")
+        spec = replace(spec, calibration=tuple(str(f) for f in files))
+    if spec.method == "activation" and not (spec.scores or spec.calibration or spec.keep):
+        raise SpecError("--method activation needs --scores SCORES (from 'prune-surgery calibrate') or --calibration FILE")
+    if (spec.scores or spec.calibration) and spec.method != "activation":
+        raise SpecError("--scores / --calibration rank units by activations; add --method activation")
     for key in ("keep", "keep_vocab"):
         value = options.get(key)
         if isinstance(value, str):
@@ -174,9 +191,12 @@ def read_spec_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(f"spec file {path} must hold a mapping of option names to values")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    for key in ("keep", "keep_vocab"):
+    for key in ("keep", "keep_vocab", "scores"):
         if isinstance(data.get(key), str):
             data[key] = Path(path).parent / data[key]
+    if isinstance(data.get("calibration"), (str, list)):
+        files = [data["calibration"]] if isinstance(data["calibration"], str) else data["calibration"]
+        data["calibration"] = [str(Path(path).parent / f) for f in files]
     return data
 
 
