@@ -142,7 +142,7 @@ def calibrate(src: str | Path, data: Sequence[str | Path], out: str | Path, *, t
             influence[0, i] += float((1 - cos).sum())
             influence[1, i] += cos.numel()
             if progress:
-                progress("calibrate", i * n + start + h_in.shape[0], layers * n, (i - start_layer) * n * length
+                progress(f"calibrate layer {i + 1}/{layers}", i * n + start + h_in.shape[0], layers * n, (i - start_layer) * n * length
                          + (start + h_in.shape[0]) * length)
 
         try:

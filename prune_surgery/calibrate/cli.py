@@ -41,10 +41,11 @@ def _bar(quiet: bool) -> Iterator[ProgressFn | None]:
     start = time.monotonic()
 
     def update(stage: str, done: int, total: int, tokens: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total, rate="")
+        kind = stage.split()[0]
+        if kind not in tasks:
+            tasks[kind] = bar.add_task(stage, total=total, rate="")
         rate = tokens / max(time.monotonic() - start, 1e-9)
-        bar.update(tasks[stage], completed=done, rate=f"{rate:,.0f} tok/s")
+        bar.update(tasks[kind], completed=done, description=stage, rate=f"{rate:,.0f} tok/s")
 
     with bar:
         yield update

@@ -61,6 +61,17 @@ def eager_experts(model: torch.nn.Module) -> None:
         model.set_experts_implementation("eager")
 
 
+@contextlib.contextmanager
+def _forward_errors(layer: int | None) -> Iterator[None]:
+    """A forward that transformers cannot run on this checkpoint becomes one line."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        where = f"decoder layer {layer}" if layer is not None else "the embedding"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ArchitectureError(f"the transformers forward of {where} failed ({first}); this checkpoint cannot be run layer by layer") from exc
+
+
 class _Stop(Exception):
     """Raised by the last recorder: the rest of the model's forward is not needed."""
 
@@ -276,7 +287,7 @@ class LayerwiseModel:
         with self._standing("embed"):
             for start in range(0, ids.shape[0], micro):
                 batch = ids[start : start + micro].to(self.device)
-                with contextlib.suppress(_Stop):
+                with contextlib.suppress(_Stop), _forward_errors(None):
                     self.model(input_ids=batch, use_cache=False)
                 assert self._first is not None
                 parts.append(self._first.to(self.dtype))
@@ -300,7 +311,7 @@ class LayerwiseModel:
             for start in range(0, hidden.shape[0], micro):
                 h_in = hidden[start : start + micro]
                 args, kwargs = self.layer_args(index, tuple(h_in.shape[:2]))
-                with around(start, h_in) if around else contextlib.nullcontext():
+                with around(start, h_in) if around else contextlib.nullcontext(), _forward_errors(index):
                     out = layer(h_in, *args, **kwargs)
                 if isinstance(out, tuple):
                     out = out[0]

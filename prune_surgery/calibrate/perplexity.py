@@ -29,7 +29,7 @@ def stream_nll(engine: LayerwiseModel, ids: torch.Tensor, micro: int, progress: 
     for index in range(engine.num_layers):
         engine.run_layer(index, hidden, micro)
         if progress:
-            progress("eval", index + 1, engine.num_layers + 1, (index + 1) * n * length)
+            progress(f"eval layer {index + 1}/{engine.num_layers}", index + 1, engine.num_layers + 1, (index + 1) * n * length)
     vocab = engine.source.checkpoint.config.get("vocab_size") or 32000
     chunk = max(1, LOGIT_BYTES // (4 * int(vocab)))
     total, count = 0.0, 0

@@ -43,34 +43,22 @@ def same_input(x: torch.Tensor, seen: list[torch.Tensor]) -> bool:
     return any(x.data_ptr() == t.data_ptr() and x.numel() == t.numel() for t in seen)
 
 
-class LayerRecorder(TorchFunctionMode):
-    """Records the statistics of one decoder layer's readers while its forward runs."""
+class LinearTap(TorchFunctionMode):
+    """Sees every ``F.linear`` of a layer's forward whose weight is a known reader (or its expert slice).
 
-    def __init__(self, readers: dict[tuple[str, int | None], Reader], params: dict[int, str], stats: Stats,
-                 expert_space: str | None, num_experts: int) -> None:
+    Subclasses implement :meth:`on_linear`.  `params` maps id(parameter tensor) -> parameter name
+    (set once the layer is materialized).
+    """
+
+    def __init__(self, readers: dict[tuple[str, int | None], Reader], params: dict[int, str]) -> None:
         super().__init__()
         self.readers = readers
-        self.params = params  # id(parameter tensor) -> parameter name
-        self.stats = stats
-        self.expert_space = expert_space
-        self.num_experts = num_experts
+        self.params = params
         self.batch_shape: tuple[int, int] = (0, 0)
-        self.seen: list[torch.Tensor] = []  # inputs already counted for hidden (held: no address reuse)
-        self.routing: torch.Tensor | None = None  # top_k_index of the experts call in flight
 
     def start_batch(self, batch: int, seq: int) -> None:
         """A new micro-batch of `batch` windows of `seq` tokens enters the layer."""
         self.batch_shape = (batch, seq)
-        self.seen = []
-        self.routing = None
-
-    def routed(self, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, layer: int) -> None:
-        """The experts of `layer` were called with this routing (a forward pre-hook calls this)."""
-        self.routing = top_k_index.reshape(-1, top_k_index.shape[-1])
-        weights = top_k_weights.reshape(self.routing.shape).to(torch.float64)
-        mass = torch.zeros(self.num_experts + 1, dtype=torch.float64, device=weights.device)
-        mass.index_add_(0, self.routing.reshape(-1).clamp(max=self.num_experts), weights.reshape(-1))
-        _add(self.stats[(self.expert_space or "experts", str(layer))], "route_weight", mass[: self.num_experts])
 
     def _reader(self, weight: torch.Tensor) -> Reader | None:
         name = self.params.get(id(weight))
@@ -90,8 +78,43 @@ class LayerRecorder(TorchFunctionMode):
             reader = self._reader(weight) if isinstance(weight, torch.Tensor) else None
             if reader is not None:
                 with torch.no_grad():
-                    self._record(reader, args[0], out)
+                    self.on_linear(reader, args[0], out)
         return out
+
+    def full(self, x: torch.Tensor) -> bool:
+        """Whether `x` has a row for every token of the micro-batch (maybe flattened)."""
+        return x.shape[:-1].numel() == self.batch_shape[0] * self.batch_shape[1]
+
+    def on_linear(self, reader: Reader, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Called with a reader's input `x` and output `y`."""
+        raise NotImplementedError
+
+
+class LayerRecorder(LinearTap):
+    """Records the statistics of one decoder layer's readers while its forward runs."""
+
+    def __init__(self, readers: dict[tuple[str, int | None], Reader], params: dict[int, str], stats: Stats,
+                 expert_space: str | None, num_experts: int) -> None:
+        super().__init__(readers, params)
+        self.stats = stats
+        self.expert_space = expert_space
+        self.num_experts = num_experts
+        self.seen: list[torch.Tensor] = []  # inputs already counted for hidden (held: no address reuse)
+        self.routing: torch.Tensor | None = None  # top_k_index of the experts call in flight
+
+    def start_batch(self, batch: int, seq: int) -> None:
+        """A new micro-batch of `batch` windows of `seq` tokens enters the layer."""
+        super().start_batch(batch, seq)
+        self.seen = []
+        self.routing = None
+
+    def routed(self, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, layer: int) -> None:
+        """The experts of `layer` were called with this routing (a forward pre-hook calls this)."""
+        self.routing = top_k_index.reshape(-1, top_k_index.shape[-1])
+        weights = top_k_weights.reshape(self.routing.shape).to(torch.float64)
+        mass = torch.zeros(self.num_experts + 1, dtype=torch.float64, device=weights.device)
+        mass.index_add_(0, self.routing.reshape(-1).clamp(max=self.num_experts), weights.reshape(-1))
+        _add(self.stats[(self.expert_space or "experts", str(layer))], "route_weight", mass[: self.num_experts])
 
     def _windows(self, x: torch.Tensor, reader: Reader) -> torch.Tensor | None:
         """Window index of every row of an expert's input (the tokens routed to it), or None."""
@@ -103,9 +126,10 @@ class LayerRecorder(TorchFunctionMode):
                                f"{token.numel()} were routed to it; this experts implementation is not supported")
         return token // self.batch_shape[1]
 
-    def _record(self, reader: Reader, x: torch.Tensor, y: torch.Tensor) -> None:
+    def on_linear(self, reader: Reader, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add a reader's input to the sums of its units."""
         batch, seq = self.batch_shape
-        full = x.shape[:-1].numel() == batch * seq  # every token of the micro-batch (maybe flattened)
+        full = self.full(x)
         windows = None if full else self._windows(x, reader)
         original, x = x, x.to(torch.float64)
         if full:
