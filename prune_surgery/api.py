@@ -94,8 +94,14 @@ def with_scores(src: str | Path, spec: PruneSpec, work: Path, revision: str | No
     from .calibrate.calibration import calibrate
 
     path = work / SCORES_NAME
-    calibrate(src, spec.calibration, path, revision=revision)
+    calibrate(src, spec.calibration, path, revision=revision, **calibration_size(spec))
     return replace(spec, scores=str(path))
+
+
+def calibration_size(spec: PruneSpec) -> dict[str, int]:
+    """The windows a spec asks calibration (and refit) to use; the defaults of `calibrate` otherwise."""
+    sizes = {"samples": spec.calibration_samples, "seq_len": spec.calibration_seq_len}
+    return {k: v for k, v in sizes.items() if v}
 
 
 def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revision: str | None = None,
@@ -128,6 +134,10 @@ def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revi
             write_side_files(the_plan, source.storage, tmp)
             (tmp / "config.json").write_text(json.dumps(the_plan.new_config, indent=2, sort_keys=True) + "\n")
             record = run_record(the_plan, command)
+            if spec.refit:
+                from .refit import refit_folder
+
+                record["refit"] = refit_folder(the_plan, source, tmp, spec, device=device)
             if spec.method == "activation" and spec.scores and not spec.keep:
                 shutil.copyfile(spec.scores, tmp / SCORES_NAME)  # the statistics the selection ranked by
                 record["spec"]["scores"] = SCORES_NAME

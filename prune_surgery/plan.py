@@ -25,7 +25,7 @@ from .score import compute_scores
 from .select import check_targets, select_keep, targets_and_layers
 from .sink import OutTensor, ShardLayout, layout_shards
 from .sizes import is_tied, source_sizes, unit_size
-from .spec import PruneSpec, dump_json
+from .spec import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, PruneSpec, dump_json
 
 BLOCK_BYTES = 16 << 20
 """Input bytes per row block.  A block and its gathered output stay in a 32 MiB L3 cache: on the
@@ -80,6 +80,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     plan_hash: str = ""
     calibration: dict[str, Any] | None = None  # provenance of the activation scores selection ranked by
+    refit_peak_bytes: int = 0  # peak memory of the least-squares refit (0: no refit)
 
     @property
     def changes(self) -> dict[str, list[Any]]:
@@ -167,7 +168,9 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     config = ckpt.config
     sizes = source_sizes(arch, config)
     activation = _activation_scores(spec, config)
-    influence = activation.layer_influence() if activation is not None else None  # depth by block influence
+    influence = None  # depth from activation records: block influence, or angular distance of blocks
+    if activation is not None and spec.depth != "ppl":
+        influence = activation.angular() if spec.depth == "block" else activation.layer_influence()
     targets, layers = targets_and_layers(arch, sizes, spec, influence)
     scores = None
     if activation is not None:
@@ -246,6 +249,11 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     )
     if activation is not None:
         plan.calibration = {k: activation.provenance.get(k) for k in ("data_hash", "data", "windows", "seq_len", "tokens", "config_hash", "version")}
+    if spec.refit:
+        from .refit.memory import check_refit_memory
+
+        plan.refit_peak_bytes = check_refit_memory(plan, spec.calibration_samples or DEFAULT_SAMPLES,
+                                                   spec.calibration_seq_len or DEFAULT_SEQ_LEN, spec.refit)
     plan.warnings = _warnings(plan, pad)
     plan.plan_hash = plan_hash(plan)
     return plan

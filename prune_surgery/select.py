@@ -188,10 +188,24 @@ def select_layers(arch: Architecture, sizes: dict[str, int], targets: dict[str, 
     if spec.drop_layers is not None:
         drop = set(spec.drop_layers)
     elif influence is not None and targets["layers"] < n:
-        drop = set(np.argsort(influence, kind="stable")[: n - targets["layers"]].tolist())
+        drop = set(_drop_by_scores(influence, n - targets["layers"]))
     else:
         drop = set(layers_to_drop(n, n - targets["layers"]))
     return [i for i in range(n) if i not in drop]
+
+
+def _drop_by_scores(influence: np.ndarray, drop: int) -> list[int]:
+    """Layers to drop from activation records.
+
+    A 1-D array is block influence per layer: its `drop` lowest go (ShortGPT).  A 2-D array is
+    the angular distance between the streams entering layers i and j: the contiguous block l..l+n-1
+    whose input and output are closest goes (Gromov et al.).
+    """
+    if influence.ndim == 1:
+        return np.argsort(influence, kind="stable")[:drop].tolist()
+    starts = range(influence.shape[0] - drop)
+    best = min(starts, key=lambda l: (influence[l, l + drop], l))
+    return list(range(best, best + drop))
 
 
 def targets_and_layers(arch: Architecture, sizes: dict[str, int], spec: PruneSpec,

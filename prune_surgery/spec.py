@@ -20,6 +20,8 @@ import yaml
 from .errors import SpecError
 
 DEFAULT_SEED = 1234
+DEFAULT_SAMPLES = 32  # calibration windows (a CPU-friendly default: 16k tokens)
+DEFAULT_SEQ_LEN = 512  # tokens per calibration / evaluation window
 DEFAULT_SHARD_SIZE = 5 * 10**9
 METHODS = ("random", "magnitude", "activation")
 #: methods that rank units by a score (weight norms, or activation statistics from a scores file)
@@ -36,8 +38,11 @@ ORIGINAL_KEYS = {
 }
 OPTION_KEYS = {
     "drop_layers", "method", "seed", "balance", "keep", "keep_vocab", "norm_rescale",
-    "max_shard_size", "pad_vocab_to_multiple_of", "scores", "calibration",
+    "max_shard_size", "pad_vocab_to_multiple_of", "scores", "calibration", "calibration_samples",
+    "calibration_seq_len", "refit", "depth",
 }
+DEPTH_RULES = ("influence", "block", "ppl")
+REFIT_MODES = ("oneshot", "sequential")
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,11 @@ class PruneSpec:
     norm_rescale: bool = True
     max_shard_size: int = DEFAULT_SHARD_SIZE
     scores: str | None = None  # a scores file from `prune-surgery calibrate` (--method activation)
-    calibration: tuple[str, ...] | None = None  # data files to calibrate on the fly (--method activation)
+    calibration: tuple[str, ...] | None = None  # data files to calibrate on the fly (--method activation, --refit)
+    calibration_samples: int | None = None  # windows of calibration data (default: calibrate's)
+    calibration_seq_len: int | None = None  # tokens per window (default: calibrate's)
+    refit: str | None = None  # "oneshot" or "sequential": least-squares refit of the readers of pruned units
+    depth: str | None = None  # with --method activation: "influence" (default), "block" or "ppl"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able record of the spec (kept indices left out: they are recorded apart)."""
@@ -158,10 +167,31 @@ def spec_from_dict(data: dict[str, Any]) -> PruneSpec:
         if not isinstance(files, (list, tuple)) or not files:
             raise SpecError("calibration must name one or more data files")
         spec = replace(spec, calibration=tuple(str(f) for f in files))
+    for key in ("calibration_samples", "calibration_seq_len"):
+        if key in options:
+            spec = replace(spec, **{key: _positive(key, options[key])})
+    refit = options.get("refit")
+    if refit not in (None, False):
+        refit = "oneshot" if refit is True else str(refit)
+        if refit not in REFIT_MODES:
+            raise SpecError(f"refit must be one of {', '.join(REFIT_MODES)} (or true), got {refit!r}")
+        if not spec.calibration:
+            raise SpecError("--refit solves least squares on calibration activations; give --calibration FILE")
+        spec = replace(spec, refit=refit)
+    if "depth" in options:
+        if options["depth"] not in DEPTH_RULES:
+            raise SpecError(f"depth must be one of {', '.join(DEPTH_RULES)}, got {options['depth']!r}")
+        if options.get("method") != "activation":
+            raise SpecError("--depth chooses layers by activations; add --method activation")
+        if options["depth"] == "ppl" and not spec.calibration:
+            raise SpecError("--depth ppl measures perplexity on calibration data; give --calibration FILE")
+        spec = replace(spec, depth=options["depth"])
     if spec.method == "activation" and not (spec.scores or spec.calibration or spec.keep):
         raise SpecError("--method activation needs --scores SCORES (from 'prune-surgery calibrate') or --calibration FILE")
-    if (spec.scores or spec.calibration) and spec.method != "activation":
-        raise SpecError("--scores / --calibration rank units by activations; add --method activation")
+    if spec.scores and spec.method != "activation":
+        raise SpecError("--scores ranks units by activations; add --method activation")
+    if spec.calibration and spec.method != "activation" and not spec.refit and "refit" not in options:
+        raise SpecError("--calibration is used by --method activation and --refit; add one of them")
     for key in ("keep", "keep_vocab"):
         value = options.get(key)
         if isinstance(value, str):

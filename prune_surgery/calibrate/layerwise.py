@@ -297,6 +297,29 @@ class LayerwiseModel:
         """The arguments the model passes decoder layer `index` for a micro-batch of `shape`."""
         return self._captured[shape][index]
 
+    @contextlib.contextmanager
+    def resident(self, index: int) -> Iterator[torch.nn.Module]:
+        """Decoder layer `index` with its weights loaded; they go back to ``meta`` on exit."""
+        layer = self.layers[index]
+        self.materialize(layer, self._layer_prefix(index))
+        try:
+            yield layer
+        finally:
+            self.free(layer)
+
+    @torch.no_grad()
+    def forward(self, index: int, h_in: torch.Tensor) -> torch.Tensor:
+        """One micro-batch through the (resident) decoder layer `index`, with the model's arguments."""
+        args, kwargs = self.layer_args(index, tuple(h_in.shape[:2]))
+        with _forward_errors(index):
+            out = self.layers[index](h_in, *args, **kwargs)
+        if isinstance(out, tuple):
+            out = out[0]
+        if not isinstance(out, torch.Tensor) or out.shape != h_in.shape:
+            raise ArchitectureError(f"decoder layer {index} of {self.arch.family} returned {type(out).__name__}; "
+                                    "its forward cannot run layer by layer")
+        return out
+
     @torch.no_grad()
     def run_layer(self, index: int, hidden: torch.Tensor, micro: int,
                   observe: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
@@ -305,24 +328,14 @@ class LayerwiseModel:
 
         `observe(start, h_in, h_out)` sees each micro-batch; `around(start, batch)` wraps each forward.
         """
-        layer = self.layers[index]
-        self.materialize(layer, self._layer_prefix(index))
-        try:
+        with self.resident(index):
             for start in range(0, hidden.shape[0], micro):
                 h_in = hidden[start : start + micro]
-                args, kwargs = self.layer_args(index, tuple(h_in.shape[:2]))
-                with around(start, h_in) if around else contextlib.nullcontext(), _forward_errors(index):
-                    out = layer(h_in, *args, **kwargs)
-                if isinstance(out, tuple):
-                    out = out[0]
-                if not isinstance(out, torch.Tensor) or out.shape != h_in.shape:
-                    raise ArchitectureError(f"decoder layer {index} of {self.arch.family} returned {type(out).__name__}; "
-                                            "its forward cannot run layer by layer")
+                with around(start, h_in) if around else contextlib.nullcontext():
+                    out = self.forward(index, h_in)
                 if observe:
                     observe(start, h_in, out)
                 hidden[start : start + micro] = out
-        finally:
-            self.free(layer)
 
     @torch.no_grad()
     def logits(self, final: torch.Tensor) -> torch.Tensor:

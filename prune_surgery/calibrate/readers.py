@@ -38,6 +38,7 @@ class Reader:
     segments: tuple[Segment, ...]
     writes_hidden: bool  # its output axis is the residual stream (o_proj, down_proj, experts' down)
     layer: int
+    name: str = ""  # the checkpoint tensor (for fused gate/up slices: the last one mapped there)
 
 
 def _segments(arch: Architecture, axis: tuple, binding: dict[str, int], sizes: dict[str, int]) -> tuple[Segment, ...]:
@@ -79,5 +80,5 @@ def layer_readers(
         expert = binding.get("expert") if param != name and expert_owner is not None else None
         key = (param, expert)
         layer = binding["layer"]
-        found.setdefault(layer, {})[key] = Reader(param, expert, segments, writes_hidden, layer)
+        found.setdefault(layer, {})[key] = Reader(param, expert, segments, writes_hidden, layer, name)
     return found

@@ -13,9 +13,8 @@ from typing import Any, Callable
 
 from ..api import Source, open_source
 from ..errors import SpecError
+from ..spec import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN  # noqa: F401  (re-exported for the verbs)
 
-DEFAULT_SEQ_LEN = 512
-DEFAULT_SAMPLES = 32
 MICRO_TOKENS = 4096  # tokens per micro-batch: the temporaries of one forward stay small
 
 #: called as progress(stage, done, total, tokens) while layers run
