@@ -165,12 +165,14 @@ CORE_COMMANDS = ("inspect", "plan", "run")
 
 
 def register_subcommands() -> None:
-    """Add `push`, `vocab ...` and `megatron ...` (imported only when they may be used)."""
+    """Add `push`, `gguf`, `vocab ...` and `megatron ...` (imported only when they may be used)."""
     from .cli_hub import register
+    from .llamacpp.cli import register as register_gguf
     from .megatron.cli import app as megatron_app
     from .vocab.cli import app as vocab_app
 
     register(app)
+    register_gguf(app)
     app.add_typer(vocab_app, name="vocab", help="Vocabulary pruning: count token frequencies, verify tokenization")
     app.add_typer(megatron_app, name="megatron", help="Megatron-LM tensor-parallel checkpoints: export, import, reshard")
 
