@@ -16,10 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
-from .converter import LLAMA_CPP_COMMIT
+from .converter import LLAMA_CPP_COMMIT, PACKAGE, VERSION
 from .identity import RECORD_KEY, ids_hash, text_hash
 
-CONVERTER = f"llama.cpp's converter (llama.cpp {LLAMA_CPP_COMMIT})"
+
+def converter_label(converter_dir: Path) -> str:
+    """How messages name the converter: the pinned one by its llama.cpp commit, another by its folder."""
+    if converter_dir.name == f"{PACKAGE}-{VERSION}":
+        return f"llama.cpp's converter (llama.cpp {LLAMA_CPP_COMMIT})"
+    return f"llama.cpp's converter in {converter_dir}"
 
 
 class Refused(Exception):
@@ -29,16 +34,16 @@ class Refused(Exception):
 class RecordedTokenizer:
     """Stands in for the source tokenizer in ``get_vocab_base_pre``: encodes only the check text."""
 
-    def __init__(self, identity: dict[str, Any]) -> None:
+    def __init__(self, identity: dict[str, Any], label: str) -> None:
         ids = identity.get("check_ids")
         if not isinstance(ids, list) or ids_hash(ids) != identity.get("check_hash"):
             raise Refused(f"prune_surgery.json: '{RECORD_KEY}' is damaged (its ids do not match its hash); re-run the pruning")
-        self.identity = identity
+        self.identity, self.label = identity, label
 
     def encode(self, text: str, *args: Any, **kwargs: Any) -> list[int]:
         """The source's ids of the check text (refused if the converter checks another text)."""
         if text_hash(text) != self.identity.get("check_text_sha256"):
-            raise Refused(f"{CONVERTER} hashes another check text than the one recorded at pruning time; "
+            raise Refused(f"{self.label} hashes another check text than the one recorded at pruning time; "
                           "use the pinned converter (unset PRUNE_SURGERY_LLAMA_CPP)")
         return list(self.identity["check_ids"])
 
@@ -51,7 +56,7 @@ def _record(model_dir: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _pin_pre_tokenizer(text_model: Any, record: dict[str, Any]) -> None:
+def _pin_pre_tokenizer(text_model: Any, record: dict[str, Any], label: str) -> None:
     """Wrap ``TextModel.get_vocab_base_pre``: recorded source ids in, a clear refusal out."""
     original: Callable[[Any, Any], str] = text_model.get_vocab_base_pre
     identity = record.get(RECORD_KEY)
@@ -59,18 +64,18 @@ def _pin_pre_tokenizer(text_model: Any, record: dict[str, Any]) -> None:
 
     def pinned(self: Any, tokenizer: Any) -> str:
         try:
-            return original(self, RecordedTokenizer(identity) if isinstance(identity, dict) else tokenizer)
+            return original(self, RecordedTokenizer(identity, label) if isinstance(identity, dict) else tokenizer)
         except NotImplementedError:
             if vocab_pruned and not isinstance(identity, dict):
                 raise Refused(f"this vocabulary-pruned output records no source tokenizer ('{RECORD_KEY}' in "
                               "prune_surgery.json); prune it again with this prune-surgery version") from None
-            raise Refused(f"the source tokenizer's BPE pre-tokenizer is not one {CONVERTER} knows, so llama.cpp "
+            raise Refused(f"the source tokenizer's BPE pre-tokenizer is not one {label} knows, so llama.cpp "
                           "cannot represent it; only tokenizers listed in its get_vocab_base_pre() convert") from None
 
     text_model.get_vocab_base_pre = pinned
 
 
-def _guard_vocab(model_class: Any) -> None:
+def _guard_vocab(model_class: Any, label: str) -> None:
     """Any failure while the converter reads the tokenizer becomes a one-line refusal."""
     original = model_class.set_vocab
 
@@ -80,12 +85,12 @@ def _guard_vocab(model_class: Any) -> None:
         except Refused:
             raise
         except Exception as exc:  # the converter raises many kinds here
-            raise Refused(f"{CONVERTER} cannot represent this tokenizer: {type(exc).__name__}: {exc}") from None
+            raise Refused(f"{label} cannot represent this tokenizer: {type(exc).__name__}: {exc}") from None
 
     model_class.set_vocab = guarded
 
 
-def _model_class(model_dir: Path) -> Any:
+def _model_class(model_dir: Path, label: str) -> Any:
     from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
 
     hparams = ModelBase.load_hparams(model_dir, False)
@@ -99,7 +104,7 @@ def _model_class(model_dir: Path) -> Any:
     try:
         return get_model_class(arch)
     except NotImplementedError:
-        raise Refused(f"{CONVERTER} does not know the architecture {arch!r}; "
+        raise Refused(f"{label} does not know the architecture {arch!r}; "
                       "no GGUF can be made for it until llama.cpp supports it") from None
 
 
@@ -115,9 +120,10 @@ def convert(converter_dir: Path, model_dir: Path, outfile: Path, outtype: str) -
     import convert_hf_to_gguf as script  # puts the converter's own gguf-py first on sys.path
     from conversion import TextModel
 
-    model_class = _model_class(model_dir)
-    _pin_pre_tokenizer(TextModel, _record(model_dir))
-    _guard_vocab(model_class)
+    label = converter_label(converter_dir)
+    model_class = _model_class(model_dir, label)
+    _pin_pre_tokenizer(TextModel, _record(model_dir), label)
+    _guard_vocab(model_class, label)
     sys.argv = [script.__file__, str(model_dir), "--outfile", str(outfile), "--outtype", outtype]
     script.main()
 

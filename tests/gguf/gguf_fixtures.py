@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,9 +21,10 @@ GGUF_SPECIAL = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id",
                 "pad_token_id": "padding_token_id", "unk_token_id": "unknown_token_id"}
 
 
-def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m prune_surgery ARGS``."""
-    return subprocess.run([sys.executable, "-m", "prune_surgery", *args], capture_output=True, text=True, timeout=timeout)
+def cli(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m prune_surgery ARGS`` (with `env` added to the environment)."""
+    return subprocess.run([sys.executable, "-m", "prune_surgery", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def tiny_with_tokenizer(tokenizer_dir: Path, dst: Path, *, tied: bool, **overrides: Any) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -14,12 +15,15 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from gguf_fixtures import cli, tiny_with_tokenizer  # noqa: E402
 from models import tree_digest  # noqa: E402
 
+from prune_surgery.llamacpp.driver import RecordedTokenizer, Refused  # noqa: E402
+from prune_surgery.llamacpp.identity import CHECK_TEXT, identity_of_tokenizer_json  # noqa: E402
 
-def refused(out: Path, target: Path, *words: str, extra: tuple[str, ...] = ()) -> None:
+
+def refused(out: Path, target: Path, *words: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
     """The conversion fails with one `error:` line naming `words`; no file and no temporary appear."""
     before = tree_digest(out)
     siblings = set(target.parent.iterdir()) if target.parent.is_dir() else None
-    done = cli("gguf", str(out), str(target), *extra)
+    done = cli("gguf", str(out), str(target), *extra, env=env)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
@@ -93,3 +97,25 @@ def test_bad_arguments(outputs, tmp_path):
     refused(outputs["smollm2"], tmp_path / "x.gguf", "--outtype", extra=("--outtype", "q4_k"))
     refused(tmp_path, tmp_path / "y.gguf", "not a checkpoint folder")
     refused(outputs["smollm2"], tmp_path / "missing" / "z.gguf", "does not exist")
+
+
+def test_converter_cannot_be_fetched(outputs, tmp_path):
+    """No PyPI (and an empty cache): one line saying how to get the converter, nothing written."""
+    (tmp_path / "empty").mkdir()
+    offline = {"PRUNE_SURGERY_CACHE": str(tmp_path / "cache"), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path / "empty")}
+    (tmp_path / "gguf").mkdir()
+    refused(outputs["smollm2"], tmp_path / "gguf" / "model.gguf", "could not download llama-cpp-python==0.3.36",
+            "PRUNE_SURGERY_LLAMA_CPP", env=offline)
+    assert not any((tmp_path / "cache").iterdir())
+    refused(outputs["smollm2"], tmp_path / "gguf" / "model.gguf", "no convert_hf_to_gguf.py",
+            env={"PRUNE_SURGERY_LLAMA_CPP": str(tmp_path / "empty")})
+
+
+def test_recorded_identity_is_used_only_for_the_check_text(tokenizers_for_gguf, converter):
+    identity = identity_of_tokenizer_json((tokenizers_for_gguf["smollm2"] / "tokenizer.json").read_text())
+    table = (converter / "conversion" / "base.py").read_text(encoding="utf-8")  # the converter's hash -> name table
+    assert re.search(rf'chkhsh == "{identity["check_hash"]}":\n\s*# ref: [^\n]*\n\s*res = "smollm"', table)
+    stand_in = RecordedTokenizer(identity, "the converter")
+    assert stand_in.encode(CHECK_TEXT) == identity["check_ids"]
+    with pytest.raises(Refused, match="another check text"):
+        stand_in.encode(CHECK_TEXT + " ")
