@@ -115,6 +115,11 @@ def test_recorded_identity_is_used_only_for_the_check_text(tokenizers_for_gguf, 
     identity = identity_of_tokenizer_json((tokenizers_for_gguf["smollm2"] / "tokenizer.json").read_text())
     table = (converter / "conversion" / "base.py").read_text(encoding="utf-8")  # the converter's hash -> name table
     assert re.search(rf'chkhsh == "{identity["check_hash"]}":\n\s*# ref: [^\n]*\n\s*res = "smollm"', table)
+    from transformers import AutoTokenizer  # how the converter itself encodes the check text
+
+    for kind in ("smollm2", "bytelevel"):
+        recorded = identity_of_tokenizer_json((tokenizers_for_gguf[kind] / "tokenizer.json").read_text())
+        assert recorded["check_ids"] == AutoTokenizer.from_pretrained(tokenizers_for_gguf[kind]).encode(CHECK_TEXT)
     stand_in = RecordedTokenizer(identity, "the converter")
     assert stand_in.encode(CHECK_TEXT) == identity["check_ids"]
     with pytest.raises(Refused, match="another check text"):
