@@ -14,6 +14,7 @@ from .arch import Architecture, architecture_for
 from .backend import make_backend
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import CheckpointError, SpecError
+from .llamacpp.identity import source_tokenizer_entry
 from .output import atomic_folder, check_output, is_tokenizer_file, side_files
 from .plan import BLOCK_BYTES, Plan, build_plan
 from .sizes import source_sizes
@@ -134,6 +135,7 @@ def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revi
             write_side_files(the_plan, source.storage, tmp)
             (tmp / "config.json").write_text(json.dumps(the_plan.new_config, indent=2, sort_keys=True) + "\n")
             record = run_record(the_plan, command)
+            record.update(source_tokenizer_entry(source.storage, "vocab" in the_plan.keep))  # for `prune-surgery gguf`
             if spec.refit:
                 from .refit import refit_folder
 

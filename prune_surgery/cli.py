@@ -180,14 +180,16 @@ CORE_COMMANDS = ("inspect", "plan", "run")
 
 
 def register_subcommands() -> None:
-    """Add `push`, `vocab ...` and `megatron ...` (imported only when they may be used)."""
+    """Add `push`, `gguf`, `calibrate`, `eval`, `scores`, `vocab ...` and `megatron ...` (imported only when they may be used)."""
     from .calibrate.cli import register as register_calibrate
     from .cli_hub import register
+    from .llamacpp.cli import register as register_gguf
     from .megatron.cli import app as megatron_app
     from .vocab.cli import app as vocab_app
 
     register(app)
     register_calibrate(app)
+    register_gguf(app)
     app.add_typer(vocab_app, name="vocab", help="Vocabulary pruning: count token frequencies, verify tokenization")
     app.add_typer(megatron_app, name="megatron", help="Megatron-LM tensor-parallel checkpoints: export, import, reshard")
 
