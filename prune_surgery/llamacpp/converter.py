@@ -17,6 +17,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from ..calibrate.realmodel import cache_root  # one cache folder for the project
 from ..errors import SourceError
 
 #: The pinned sdist: llama-cpp-python 0.3.36 vendors llama.cpp at commit 0c1e57098.
@@ -29,11 +30,6 @@ MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "LICENSE")
 SCRIPT = "convert_hf_to_gguf.py"
 
 
-def cache_root() -> Path:
-    """prune-surgery's cache folder (``$PRUNE_SURGERY_CACHE``, else ``$XDG_CACHE_HOME/prune-surgery``)."""
-    if os.environ.get("PRUNE_SURGERY_CACHE"):
-        return Path(os.environ["PRUNE_SURGERY_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prune-surgery"
 
 
 def _is_converter(folder: Path) -> bool:

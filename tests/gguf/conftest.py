@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "vocab"))
 from corpus_text import domain_lines, held_out_lines, training_lines  # noqa: E402
-from smollm2 import smollm2_checkpoint  # noqa: E402
+from prune_surgery.calibrate.realmodel import smollm2 as smollm2_checkpoint  # noqa: E402
 from vocab_fixtures import BUILDERS  # noqa: E402
 
 from prune_surgery.llamacpp.converter import converter_dir  # noqa: E402
