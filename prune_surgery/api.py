@@ -89,7 +89,10 @@ def plan(src: str | Path, spec: PruneSpec | None = None, *, revision: str | None
 
 
 def with_scores(src: str | Path, spec: PruneSpec, work: Path, revision: str | None = None) -> PruneSpec:
-    """`spec` with a scores file: calibrated now into `work` when only `--calibration` data was given."""
+    """`spec` with a scores file: calibrated now into `work` when only `--calibration` data was given;
+    with `--depth ppl`, the layers to drop are chosen now by perplexity on the calibration data."""
+    if spec.depth == "ppl" and spec.drop_layers is None and not spec.keep:
+        spec = _depth_by_ppl(src, spec, revision)
     if spec.method != "activation" or spec.scores or not spec.calibration or spec.keep:
         return spec
     from .calibrate.calibration import calibrate
@@ -97,6 +100,21 @@ def with_scores(src: str | Path, spec: PruneSpec, work: Path, revision: str | No
     path = work / SCORES_NAME
     calibrate(src, spec.calibration, path, revision=revision, **calibration_size(spec))
     return replace(spec, scores=str(path))
+
+
+def _depth_by_ppl(src: str | Path, spec: PruneSpec, revision: str | None) -> PruneSpec:
+    source = open_source(src, revision=revision)
+    sizes = source_sizes(source.arch, source.checkpoint.config)
+    target = next((spec.sizes[k] for k in source.arch.spaces["layers"].keys if k in spec.sizes), sizes["layers"])
+    if target >= sizes["layers"]:
+        return spec
+    from .calibrate.depth import SPLIT_SAMPLES, greedy_ppl_drop
+
+    assert spec.calibration
+    drop = greedy_ppl_drop(src, spec.calibration, sizes["layers"] - target, revision=revision,
+                           samples=min(spec.calibration_samples or SPLIT_SAMPLES, SPLIT_SAMPLES),
+                           seq_len=spec.calibration_seq_len or 256)
+    return replace(spec, drop_layers=tuple(drop))
 
 
 def calibration_size(spec: PruneSpec) -> dict[str, int]:

@@ -40,6 +40,7 @@ Method = typer.Option(None, "--method", help="random (seeded), magnitude (larges
 ScoresFile = typer.Option(None, "--scores", help="Activation statistics from 'prune-surgery calibrate' (--method activation)")
 Calibration = typer.Option(None, "--calibration", help="Data file(s) to calibrate on the fly for --method activation and --refit (repeatable)")
 Refit = typer.Option(None, "--refit", help="Least-squares refit of the tensors that read pruned units: oneshot (default) or sequential")
+Depth = typer.Option(None, "--depth", help="With --method activation: influence (lowest block influence, default), block (closest contiguous block) or ppl (greedy by calibration perplexity; needs --calibration)")
 CalSamples = typer.Option(None, "--calibration-samples", help="Windows of --calibration data (default 32)")
 CalSeqLen = typer.Option(None, "--calibration-seq-len", help="Tokens per calibration window (default 512)")
 Seed = typer.Option(None, "--seed", help="Seed of random selection (default 1234)")
@@ -60,9 +61,9 @@ def _spec(spec_file: Optional[Path], **options: Any) -> PruneSpec:
 
 def _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn, method, seed,
                   balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores=None, calibration=None,
-                  refit=None, cal_samples=None, cal_seq_len=None) -> PruneSpec:  # type: ignore[no-untyped-def]
+                  refit=None, cal_samples=None, cal_seq_len=None, depth=None) -> PruneSpec:  # type: ignore[no-untyped-def]
     return _spec(
-        spec_file, scores=scores, calibration=[str(c) for c in calibration] if calibration else None, refit=refit,
+        spec_file, scores=scores, calibration=[str(c) for c in calibration] if calibration else None, refit=refit, depth=depth,
         calibration_samples=cal_samples, calibration_seq_len=cal_seq_len, drop_layers=drop_layers, num_hidden_layers=num_layers, hidden_size=hidden,
         num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=ffn, num_experts=experts,
         moe_intermediate_size=moe_ffn, shared_expert_intermediate_size=shared_ffn, method=method,
@@ -91,14 +92,14 @@ def plan(src: str = Src, spec_file: Optional[Path] = SpecFile, drop_layers: Opti
          keep_vocab: Optional[Path] = KeepVocab, pad_vocab: Optional[int] = PadVocab,
          no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize,
          scores: Optional[Path] = ScoresFile, calibration: Optional[List[Path]] = Calibration,
-         refit: Optional[str] = Refit, cal_samples: Optional[int] = CalSamples,
+         refit: Optional[str] = Refit, depth: Optional[str] = Depth, cal_samples: Optional[int] = CalSamples,
          cal_seq_len: Optional[int] = CalSeqLen,
          revision: Optional[str] = Revision, stream: bool = Stream,
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output")) -> None:
     """Plan the pruning: new config, sizes, shards, memory, warnings. Writes nothing."""
     spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn,
                          method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores, calibration,
-                         refit, cal_samples, cal_seq_len)
+                         refit, cal_samples, cal_seq_len, depth)
     the_plan = api.plan(src, spec, revision=revision, stream=stream)
     if as_json:
         typer.echo(json.dumps(plan_json(the_plan), indent=1))
@@ -130,7 +131,7 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
         keep_vocab: Optional[Path] = KeepVocab, pad_vocab: Optional[int] = PadVocab,
         no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize,
         scores: Optional[Path] = ScoresFile, calibration: Optional[List[Path]] = Calibration,
-        refit: Optional[str] = Refit, cal_samples: Optional[int] = CalSamples,
+        refit: Optional[str] = Refit, depth: Optional[str] = Depth, cal_samples: Optional[int] = CalSamples,
         cal_seq_len: Optional[int] = CalSeqLen,
         revision: Optional[str] = Revision, stream: bool = Stream,
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists and is not empty"),
@@ -145,7 +146,7 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
     """Prune SRC into OUT: new shards, config.json, tokenizer files and prune_surgery.json."""
     spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn,
                          method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores, calibration,
-                         refit, cal_samples, cal_seq_len)
+                         refit, cal_samples, cal_seq_len, depth)
     bar, factory = _progress_factory(quiet)
     if quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -30,20 +30,30 @@ def stream_nll(engine: LayerwiseModel, ids: torch.Tensor, micro: int, progress: 
         engine.run_layer(index, hidden, micro)
         if progress:
             progress(f"eval layer {index + 1}/{engine.num_layers}", index + 1, engine.num_layers + 1, (index + 1) * n * length)
-    vocab = engine.source.checkpoint.config.get("vocab_size") or 32000
-    chunk = max(1, LOGIT_BYTES // (4 * int(vocab)))
-    total, count = 0.0, 0
-    with engine.head() as logits_of:
-        for w in range(n):
-            for t0 in range(0, length - 1, chunk):
-                t1 = min(length - 1, t0 + chunk)
-                logits = logits_of(hidden[w : w + 1, t0:t1])
-                target = ids[w, t0 + 1 : t1 + 1].to(logits.device)
-                total += float(torch.nn.functional.cross_entropy(logits[0, :, : logits.shape[-1]], target, reduction="sum"))
-                count += t1 - t0
+    total, count = head_nll(engine, [hidden], ids)[0], n * (length - 1)
     if progress:
         progress("eval", engine.num_layers + 1, engine.num_layers + 1, n * length)
     return total, count
+
+
+def head_nll(engine: LayerwiseModel, finals: list[torch.Tensor], ids: torch.Tensor) -> list[float]:
+    """Sum of NLL of every predicted token of `ids` [N, T], for each final stream in `finals`.
+
+    The head's weights are loaded once for all streams; logits come a chunk of tokens at a time.
+    """
+    n, length = ids.shape
+    vocab = engine.source.checkpoint.config.get("vocab_size") or 32000
+    chunk = max(1, LOGIT_BYTES // (4 * int(vocab)))
+    totals = [0.0] * len(finals)
+    with engine.head() as logits_of:
+        for i, hidden in enumerate(finals):
+            for w in range(n):
+                for t0 in range(0, length - 1, chunk):
+                    t1 = min(length - 1, t0 + chunk)
+                    logits = logits_of(hidden[w : w + 1, t0:t1])
+                    target = ids[w, t0 + 1 : t1 + 1].to(logits.device)
+                    totals[i] += float(torch.nn.functional.cross_entropy(logits[0], target, reduction="sum"))
+    return totals
 
 
 def evaluate(src: str | Path, data: Sequence[str | Path], *, seq_len: int = DEFAULT_SEQ_LEN, max_tokens: int | None = None,

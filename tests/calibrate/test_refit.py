@@ -98,3 +98,24 @@ def test_refit_needs_calibration_data():
 def test_plan_states_the_refit_peak(tiny, text):
     plan = ps.plan(tiny["llama"], ps.spec_from_dict({"intermediate_size": 48, "calibration": [str(text[0])], "refit": "oneshot"}))
     assert plan.refit_peak_bytes > 4 * 96 * 96 * 8
+
+
+def test_depth_by_ppl_drops_the_layer_transformers_misses_least(tiny, text):
+    src = tiny["llama"]
+    from prune_surgery.calibrate.depth import greedy_ppl_drop
+
+    dropped = greedy_ppl_drop(src, [text[0]], 1, samples=4, seq_len=24)
+    ids = torch.from_numpy(calibration_windows(load_tokenizer(src), [text[0]], 4, 24).ids)
+    losses = []
+    for skip in range(4):
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
+        model.model.layers = torch.nn.ModuleList(layer for i, layer in enumerate(model.model.layers) if i != skip)
+        for new, layer in enumerate(model.model.layers):
+            layer.self_attn.layer_idx = new
+        model.config.num_hidden_layers = 3
+        with torch.no_grad():
+            losses.append(float(model(input_ids=ids, labels=ids, use_cache=False).loss))
+    assert dropped == [int(np.argmin(losses))], losses
+    plan = ps.plan(src, ps.spec_from_dict({"num_hidden_layers": 3, "method": "activation", "calibration": [str(text[0])],
+                                           "depth": "ppl", "calibration_samples": 4, "calibration_seq_len": 24}))
+    assert sorted(set(range(4)) - set(plan.keep["layers"])) == dropped
