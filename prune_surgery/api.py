@@ -140,7 +140,7 @@ def run_megatron(src: Path, out: Path, spec: PruneSpec, *, overwrite: bool = Fal
     from .megatron import prune_megatron
 
     keep, spec, arch, sizes, targets = megatron_keep(src, spec)
-    prune_megatron(src, out, keep, norm_rescale=spec.norm_rescale, overwrite=overwrite)
+    prune_megatron(src, out, keep, norm_rescale=spec.norm_rescale, train_tp=spec.balance, overwrite=overwrite)
     record_path = out / "prune_surgery.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     record.update({

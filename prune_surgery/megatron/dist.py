@@ -164,6 +164,8 @@ def _nemo_config(root: Path) -> dict[str, Any]:
 def _shapes(entries: dict[tuple[str, int | None], tuple[DistTensor, int | None]], args: dict[str, Any],
             folder: Path) -> tuple[Shapes, bool]:
     def shape(role: str, layer: int | None) -> tuple[int, ...]:
+        if (role, layer) not in entries:
+            return (0, 0)  # reported by _validate
         tensor, index = entries[(role, layer)]
         return tensor.shape if index is None else tensor.shape[1:]
 
@@ -177,7 +179,7 @@ def _shapes(entries: dict[tuple[str, int | None], tuple[DistTensor, int | None]]
                               "the number of heads cannot be known from tensor shapes")
     groups = int(args.get("num_query_groups") or heads) if args.get("group_query_attention", True) else heads
     head_dim = int(args.get("kv_channels") or shape("proj", 0)[1] // heads)
-    ffn = shape("fc2", 0)[1]
+    ffn = int(args.get("ffn_hidden_size") or shape("fc2", 0)[1])
     tied = ("output", None) not in entries
     return Shapes(layers, hidden, ffn, heads, groups, head_dim, padded), tied
 

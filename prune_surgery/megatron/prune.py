@@ -126,7 +126,7 @@ def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: 
     groups or ffn neurons on different TP ranks.  Hidden pruning rescales RMSNorm weights by
     sqrt(d/d') and the norm epsilon by d/d' unless `norm_rescale` is false.  A torch_dist
     checkpoint is pruned as one whole-model rank and written as torch_dist; `train_tp` is the
-    TP size its ``train_args.sh`` names (the pruned sizes must divide by it).
+    TP size its ``train_args.sh`` names (the pruned sizes must divide by it; ignored for rank files).
     """
     keep = normalize_keep(keep)
     unknown = sorted(set(keep) - set(SPACES))
@@ -143,7 +143,8 @@ def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: 
             raise SpecError(f"{what}: kept layers keep {sorted(sizes)}; Megatron needs the same count in every layer")
     first = per_layer[layers[0]]
     shapes = Shapes(len(layers), len(hidden), len(first.ffn), len(first.heads), len(first.groups), s.head_dim, s.padded_vocab)
-    shapes.check_tp(train_tp or tp)
+    out_tp = (train_tp or 1) if ckpt.location.dist else tp  # rank files keep their TP size
+    shapes.check_tp(out_tp)
     rescale = norm_rescale and shapes.hidden != s.hidden
     eps = float(ckpt.eps) * s.hidden / shapes.hidden if rescale else ckpt.eps
     slicer = _RankSlicer(ckpt, layers, hidden, per_layer, math.sqrt(s.hidden / shapes.hidden) if rescale else None)
@@ -152,7 +153,7 @@ def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: 
     spec = "te" if ckpt.spec in ("legacy", "dist") else ckpt.spec
     divisible_by = int(ckpt.side.get("make_vocab_size_divisible_by", ckpt.args.get("make_vocab_size_divisible_by", 128)))
     fmt = "torch_dist" if ckpt.location.dist else "torch"
-    args = dist_args(build_args(ckpt.args, shapes, tp=train_tp or tp, tied=ckpt.tied, eps=eps,
+    args = dist_args(build_args(ckpt.args, shapes, tp=out_tp, tied=ckpt.tied, eps=eps,
                                 dtype=ckpt.dtype("embedding"), spec=spec, divisible_by=divisible_by), fmt)
     side = dict(ckpt.side)
     if side:
