@@ -86,12 +86,13 @@ def _model(a: dict):
         apply_rope_fusion=False, bias_dropout_fusion=False,
         tensor_model_parallel_size=torch.distributed.get_world_size(),
     )
-    return GPTModel(
+    model = GPTModel(
         config=config, transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
         vocab_size=a["padded_vocab_size"], max_sequence_length=a["max_position_embeddings"],
         position_embedding_type="rope", rotary_base=int(a["rotary_base"]),
         share_embeddings_and_output_weights=not a["untie_embeddings_and_output_weights"],
     )
+    return model.bfloat16() if a.get("bf16") else model  # as Megatron-LM's Float16Module does (norms too)
 
 
 def _sync_strategy():
