@@ -31,7 +31,7 @@ def _tensor(source: HFReader, shapes: Shapes, tp: int, rank: int, role: str, lay
     return from_raw(rank_part(role, shapes, tp, rank, source.reader(role, layer)), source.dtype(role, layer))
 
 
-def export_hf(src: Path, out: Path, *, tp: int = 1, spec: str = "te", iteration: int = 1,
+def export_hf(src: Path, out: Path, *, tp: int = 1, spec: str = "te", iteration: int | str = 1,
               divisible_by: int = 128, fmt: str = "torch", overwrite: bool = False) -> None:
     """Convert the HF LLaMA checkpoint in folder `src` into a Megatron checkpoint at `out`.
 
@@ -43,7 +43,7 @@ def export_hf(src: Path, out: Path, *, tp: int = 1, spec: str = "te", iteration:
     if spec not in SPECS:
         raise SpecError(f"layer spec must be one of {', '.join(SPECS)}, got {spec!r}")
     check_format(fmt)
-    if iteration < 0:
+    if iteration != "release" and int(iteration) < 0:
         raise SpecError(f"iteration must be >= 0, got {iteration}")
     storage = LocalStorage(Path(src))
     ckpt = open_checkpoint(storage)
