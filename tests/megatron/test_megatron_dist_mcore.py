@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -89,11 +88,11 @@ def test_megatron_core_loads_our_torch_dist_export(llama, tmp_path, tp):
         torch.testing.assert_close(logits[..., :100], _hf_logits(src), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_pruned_torch_dist_runs_in_megatron_core(llama, tmp_path, tied):
-    """prune-surgery run on torch_dist: loads at TP 2 (train_args.sh as written) and TP 1; logits
-    at TP 1 equal transformers' on the same pruning of the HF model."""
-    src = llama(tied, "float32")
+def test_pruned_torch_dist_runs_in_megatron_core(llama, tmp_path):
+    """prune-surgery run on a tied torch_dist checkpoint, --balance 2: megatron-core loads it at TP 2
+    with train_args.sh as written, and each rank holds what our TP-2 export of the pruned model holds
+    (that pruning equals pruning the HF model: test_megatron_dist; logits: the export test above)."""
+    src = llama(True, "float32")
     assert cli("megatron", "export", str(src), str(tmp_path / "dist"), "--format", "torch_dist").returncode == 0
     result = cli("run", str(tmp_path / "dist"), str(tmp_path / "pruned"), "-q", "--hidden-size", "48",
                  "--num-attention-heads", "4", "--num-key-value-heads", "2", "--intermediate-size", "64",
@@ -103,7 +102,3 @@ def test_pruned_torch_dist_runs_in_megatron_core(llama, tmp_path, tied):
     import_megatron(pruned, tmp_path / "hf")
     export_hf(tmp_path / "hf", tmp_path / "legacy2", tp=2, spec="local", divisible_by=64)
     _assert_ranks_equal(_load(pruned, 2, tmp_path), tmp_path / "legacy2", 2)
-    shutil.rmtree(tmp_path / "loaded-tp2")
-    _load(pruned, 1, tmp_path, _at_tp(pruned, 1, tmp_path))
-    logits = torch.load(tmp_path / "loaded-tp1" / "logits.pt", weights_only=True)
-    torch.testing.assert_close(logits[..., :100], _hf_logits(tmp_path / "hf"), rtol=1e-4, atol=1e-5)
