@@ -126,3 +126,22 @@ def test_metadata_naming_other_code_is_refused(llama, tmp_path):
     result = cli("run", str(tmp_path / "dist"), str(tmp_path / "out"), "--intermediate-size", "48")
     assert result.returncode == 2 and "builtins.print" in result.stderr and "allowlist" in result.stderr
     assert "pickled code ran" not in result.stdout + result.stderr and not (tmp_path / "out").exists()
+
+
+def test_nemo2_weights_folder_with_module_prefix(llama, tmp_path):
+    """NeMo 2 layout: ROOT/weights/ (keys under module.), no args in common.pt, sizes in context/model.yaml."""
+    dist = _dist_copy(llama, tmp_path, lambda k: "module." + k)  # the default llama(): untied float32
+    root = tmp_path / "nemo"
+    root.mkdir()
+    (dist / "iter_0000001").rename(root / "weights")
+    torch.save({}, root / "weights" / "common.pt")
+    result = cli("megatron", "import", str(root), str(tmp_path / "no-context"))
+    assert result.returncode == 2 and "num_attention_heads" in result.stderr
+    (root / "context").mkdir()
+    (root / "context" / "model.yaml").write_text(
+        "_target_: nemo.collections.llm.gpt.model.llama.LlamaModel\nconfig:\n"
+        "  _target_: nemo.collections.llm.gpt.model.llama.LlamaConfig\n  num_layers: 3\n  hidden_size: 64\n"
+        "  ffn_hidden_size: 96\n  num_attention_heads: 8\n  num_query_groups: 4\n  kv_channels: 8\n"
+        "  layernorm_epsilon: 1.0e-06\n  share_embeddings_and_output_weights: false\n")
+    import_megatron(root, tmp_path / "hf", vocab_size=100)
+    assert hf_tensors(tmp_path / "hf") == hf_tensors(llama(False, "float32"))
