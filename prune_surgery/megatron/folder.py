@@ -132,17 +132,24 @@ def locate(path: Path) -> Location:
     if sorted(ranks) != list(range(len(ranks))):
         raise CheckpointError(f"{folder}: tensor-parallel ranks {sorted(ranks)} are not 0..{len(ranks) - 1}; the checkpoint is incomplete")
     for file in ranks.values():
+        if not file.is_file() and (file.parent / "distrib_optim.pt").is_file():
+            raise CheckpointError(f"{file.parent} holds only distributed-optimizer state (distrib_optim.pt), no model "
+                                  "weights; give the folder with model_optim_rng.pt")
         if not file.is_file():
             raise CheckpointError(f"{file} is missing; the checkpoint is incomplete")
     return Location(root, iteration, [ranks[i] for i in range(len(ranks))])
 
 
 def is_megatron_checkpoint(path: Path) -> bool:
-    """Whether `path` is a Megatron checkpoint folder this package can read (checks names only)."""
+    """Whether `path` is a Megatron checkpoint folder (checks names only).
+
+    A folder with Megatron's tracker file counts even when it cannot be read, so that reading
+    it reports what is wrong instead of treating it as a Hugging Face folder.
+    """
     try:
         locate(Path(path))
     except (CheckpointError, ArchitectureError, OSError, ValueError):
-        return False
+        return (Path(path) / TRACKER).is_file()
     return True
 
 

@@ -145,3 +145,12 @@ def test_nemo2_weights_folder_with_module_prefix(llama, tmp_path):
         "  layernorm_epsilon: 1.0e-06\n  share_embeddings_and_output_weights: false\n")
     import_megatron(root, tmp_path / "hf", vocab_size=100)
     assert hf_tensors(tmp_path / "hf") == hf_tensors(llama(False, "float32"))
+
+
+def test_distributed_optimizer_rank_folder_without_model_is_refused(llama, tmp_path):
+    export_hf(llama(), tmp_path / "meg", tp=2)
+    for rank in (0, 1):
+        folder = tmp_path / f"meg/iter_0000001/mp_rank_0{rank}"
+        (folder / "model_optim_rng.pt").rename(folder / "distrib_optim.pt")
+    result = cli("run", str(tmp_path / "meg"), str(tmp_path / "out"), "--intermediate-size", "48")
+    assert result.returncode == 2 and "distributed-optimizer" in result.stderr and not (tmp_path / "out").exists()
