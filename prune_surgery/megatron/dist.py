@@ -74,6 +74,7 @@ class DistCheckpoint(MegatronCheckpoint):
         tensor, index = self.entries[(role, layer)]
         shape = tensor.shape if index is None else tensor.shape[1:]
         out = np.empty(shape, dtype=raw_dtype(tensor.dtype))
+        filled = 0
         for chunk in tensor.chunks:
             offsets, sizes = chunk.offsets, chunk.sizes
             if index is not None:
@@ -84,6 +85,9 @@ class DistCheckpoint(MegatronCheckpoint):
             else:
                 part = to_raw(load_chunk(self.dist, chunk))
             out[tuple(slice(o, o + s) for o, s in zip(offsets, part.shape))] = part
+            filled += part.size
+        if filled != out.size:
+            raise CheckpointError(f"{self.dist}: the chunks of {tensor.key} (layer {index}) do not cover it; the checkpoint is incomplete")
         self._last = ((role, layer), out)
         return out
 
@@ -107,7 +111,6 @@ def read_dist(location: Location, vocab_size: int | None = None) -> DistCheckpoi
     entries: dict[tuple[str, int | None], tuple[DistTensor, int | None]] = {}
     prefixes = {key.split(".", 1)[0] for key in meta.tensors}
     strip = "module." if "module" in prefixes and not prefixes & {"embedding", "decoder"} else ""
-    stacked_layers: set[int] = set()
     for key, tensor in meta.tensors.items():
         name = key[len(strip):] if key.startswith(strip) else key
         if _SKIPPED.match(name):
@@ -117,7 +120,6 @@ def read_dist(location: Location, vocab_size: int | None = None) -> DistCheckpoi
             continue
         role, stacked, layer = parsed
         if stacked:
-            stacked_layers.add(tensor.shape[0])
             for i in range(tensor.shape[0]):
                 entries[(role, i)] = (tensor, i)
         else:
@@ -173,6 +175,8 @@ def _shapes(entries: dict[tuple[str, int | None], tuple[DistTensor, int | None]]
     padded, hidden = shape("embedding", None)
     if not layers:
         raise CheckpointError(f"{folder}: the checkpoint has no transformer layers")
+    if int(args.get("num_layers") or layers) != layers:
+        raise CheckpointError(f"{folder}: args say num_layers={args['num_layers']} but the tensors hold {layers} layers")
     heads = int(args.get("num_attention_heads") or 0)
     if not heads:
         raise CheckpointError(f"{folder}: common.pt has no args with num_attention_heads (and no NeMo context/model.yaml); "

@@ -1,9 +1,9 @@
 """Run in a Python that has megatron-core: its own dist_checkpointing (torch_dist) as the oracle.
 
 Usage:
-    python mcore_dist.py save LEGACY_RANK_FILE OUT_DIR [--prefix module.]
-        build a GPTModel (local spec, TP=1) from one of our legacy rank files (strict load) and
-        save it with megatron-core's dist_checkpointing.save (torch_dist), the way Megatron-LM
+    python mcore_dist.py save LEGACY_ITER_DIR OUT_DIR [--prefix module.]
+        on one gloo process per TP rank, build a GPTModel (local spec) from our rank file of
+        that rank (strict load) and save it with megatron-core's dist_checkpointing.save (torch_dist), the way Megatron-LM
         does: model tensors under their sharded keys, args/iteration in common.pt
     python mcore_dist.py load CKPT_DIR TRAIN_ARGS_SH OUT_DIR TP
         on TP gloo processes: build a GPTModel from the flags of TRAIN_ARGS_SH (what
@@ -116,11 +116,11 @@ def _sync_strategy():
     return SyncTorchDist("torch_dist", 1)
 
 
-def save(rank_file: str, out_dir: str, prefix: str) -> None:
-    """A torch_dist checkpoint written by megatron-core itself, from one of our legacy rank files."""
+def _save_worker(rank: int, world: int, port: int, iteration_dir: str, out_dir: str, prefix: str) -> None:
     from megatron.core import dist_checkpointing
 
-    _init(0, 1, 29500 + os.getpid() % 1000)
+    _init(rank, world, port)
+    rank_file = Path(iteration_dir) / f"mp_rank_{rank:02d}" / "model_optim_rng.pt"
     with torch.serialization.safe_globals([argparse.Namespace]):
         content = torch.load(rank_file, map_location="cpu", weights_only=True)
     model = _model(vars(content["args"]))
@@ -129,7 +129,19 @@ def save(rank_file: str, out_dir: str, prefix: str) -> None:
     state = {"model": sharded, "args": content["args"], "checkpoint_version": 3.0, "iteration": content["iteration"]}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     dist_checkpointing.save(state, out_dir, sharded_strategy=_sync_strategy())
-    print(json.dumps({"saved": len(sharded)}))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def save(iteration_dir: str, out_dir: str, prefix: str) -> None:
+    """A torch_dist checkpoint written by megatron-core itself from our rank files (one process per TP rank)."""
+    tp = len(list(Path(iteration_dir).glob("mp_rank_*")))
+    port = 29500 + os.getpid() % 1000
+    if tp == 1:
+        _save_worker(0, 1, port, iteration_dir, out_dir, prefix)
+    else:
+        torch.multiprocessing.spawn(_save_worker, args=(tp, port, iteration_dir, out_dir, prefix), nprocs=tp, join=True)
+    print(json.dumps({"saved": tp}))
 
 
 def _load_worker(rank: int, world: int, port: int, ckpt: str, args_json: str, out_dir: str) -> None:

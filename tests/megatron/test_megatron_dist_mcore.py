@@ -19,7 +19,7 @@ from megatron_fixtures import hf_tensors
 from test_megatron_dist import _rank_tensors, cli
 from test_megatron_mcore import MCORE_PYTHON, TOKENS, _hf_logits
 
-from prune_surgery.megatron import export_hf, import_megatron
+from prune_surgery.megatron import distmeta, export_hf, import_megatron
 
 SCRIPT = Path(__file__).parent / "mcore_dist.py"
 
@@ -32,16 +32,19 @@ def mcore(*args: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.parametrize(("tied", "dtype", "prefix"), [(False, "float32", ""), (True, "bfloat16", "module.")])
-def test_we_read_what_megatron_core_saves(llama, tmp_path, tied, dtype, prefix):
+@pytest.mark.parametrize(("tied", "dtype", "prefix", "tp"), [(False, "float32", "", 2), (True, "bfloat16", "module.", 1)])
+def test_we_read_what_megatron_core_saves(llama, tmp_path, tied, dtype, prefix, tp):
+    """Saved by megatron-core at TP 2 (each layer's tensors in one chunk per rank) or TP 1 with NeMo's prefix."""
     src = llama(tied, dtype)
-    export_hf(src, tmp_path / "legacy", spec="local")
+    export_hf(src, tmp_path / "legacy", tp=tp, spec="local")
     root = tmp_path / ("nemo" if prefix else "megatron")
     dist = root / ("weights" if prefix else "iter_0000001")
     extra = ["--prefix", prefix] if prefix else []
-    mcore("save", str(tmp_path / "legacy/iter_0000001/mp_rank_00/model_optim_rng.pt"), str(dist), *extra)
+    mcore("save", str(tmp_path / "legacy/iter_0000001"), str(dist), *extra)
     if not prefix:
         (root / "latest_checkpointed_iteration.txt").write_text("1\n")
+        chunks = distmeta.read_metadata(dist).tensors["decoder.layers.mlp.linear_fc1.weight"].chunks
+        assert len(chunks) == 3 * 2 * tp and len({c.file for c in chunks}) == tp  # gate and up of each rank, per layer
     import_megatron(root, tmp_path / "hf", vocab_size=100)
     assert hf_tensors(tmp_path / "hf") == hf_tensors(src)
 
