@@ -174,10 +174,10 @@ def megatron_keep(src: Path, spec: PruneSpec) -> tuple[dict[str, Any], PruneSpec
     from .megatron.importer import megatron_config
     from .select import select_keep, targets_and_layers
 
-    if spec.method != "random" or spec.keep_vocab is not None:
+    if spec.method not in ("random", "magnitude"):
         raise SpecError(
-            "Megatron checkpoints are pruned with random (balanced) selection or --keep; for magnitude or "
-            "vocabulary pruning, 'prune-surgery megatron import' to Hugging Face first"
+            f"--method {spec.method} is not available on Megatron checkpoints yet; "
+            "'prune-surgery megatron import' to Hugging Face, prune there, and 'megatron export' back"
         )
     ckpt = read_checkpoint(src)
     config = megatron_config(ckpt)
@@ -190,10 +190,18 @@ def megatron_keep(src: Path, spec: PruneSpec) -> tuple[dict[str, Any], PruneSpec
 
 def run_megatron(src: Path, out: Path, spec: PruneSpec, *, overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
     """Prune a Megatron-LM tensor-parallel checkpoint rank by rank; returns its run record."""
-    from .megatron import prune_megatron
+    from .megatron import prune_megatron, read_checkpoint
 
+    if spec.method != "random" or spec.keep_vocab is not None:  # through an HF view: import, prune, export
+        from .megatron.via_hf import prune_via_hf
+
+        dist = read_checkpoint(src).location.dist
+        if not dist and not spec.balance and not spec.keep:
+            spec = replace(spec, balance=read_checkpoint(src).tp)
+        return prune_via_hf(src, out, lambda hf, pruned: run(hf, pruned, spec, command=command),
+                            tp=spec.balance if dist else None, overwrite=overwrite)
     keep, spec, arch, sizes, targets = megatron_keep(src, spec)
-    prune_megatron(src, out, keep, norm_rescale=spec.norm_rescale, overwrite=overwrite)
+    prune_megatron(src, out, keep, norm_rescale=spec.norm_rescale, train_tp=spec.balance, overwrite=overwrite)
     record_path = out / "prune_surgery.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     record.update({
