@@ -279,7 +279,8 @@ def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], t
 
 def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
     """Working memory of the stream: blocks alive at once (workers + 1 queued for slicing, one in
-    hand, two queued for the writer, one being written), index arrays, float32 copies of a rescaled block."""
+    hand, two queued for the writer, one being written), the two temporaries each slicing worker holds
+    while gathering a block pruned on two axes, index arrays, float32 copies of a rescaled block."""
     if not tensors:
         return 0
 
@@ -290,7 +291,8 @@ def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
     block = max(min(t.out.nbytes, block_bytes) for t in tensors)
     index = max(sum(i.nbytes for i in t.index if i is not None) for t in tensors)
     rescaled = max((float_copies(t) for t in tensors if t.rescale), default=0)
-    return (default_workers() + 5) * block + index + rescaled
+    two_axes = any(sum(i is not None for i in t.index) > 1 for t in tensors)
+    return (default_workers() * (3 if two_axes else 1) + 5) * block + index + rescaled
 
 
 def _warnings(plan: Plan, pad: int) -> list[str]:
