@@ -55,7 +55,7 @@ def side_files(storage: Storage) -> list[str]:
     """Top-level source files to carry over (tokenizer, generation config, templates...)."""
     names = []
     for name in storage.list_files():
-        if "/" in name or any(fnmatch.fnmatch(name, p) for p in SKIP):
+        if "/" in name or "\\" in name or any(fnmatch.fnmatch(name, p) for p in SKIP):  # never a path
             continue
         names.append(name)
     return names
