@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -207,9 +208,10 @@ def resolve_hub_source(src: str, revision: str | None, stream: bool) -> tuple[St
             return storage, _source_record(repo_id, revision, commit.resolved, None)
 
         def download(patterns: list[str]) -> Path:
-            return Path(snapshot_download(repo_id, revision=commit, allow_patterns=patterns, cache_dir=cache,
-                                          endpoint=_endpoint(), local_files_only=offline,
-                                          library_name="prune-surgery"))
+            with _quiet_hub_log():  # its resume warnings are retries we report ourselves: one line on failure
+                return Path(snapshot_download(repo_id, revision=commit, allow_patterns=patterns, cache_dir=cache,
+                                              endpoint=_endpoint(), local_files_only=offline,
+                                              library_name="prune-surgery"))
 
         folder = download(list(META_PATTERNS))
         try:
@@ -221,6 +223,17 @@ def resolve_hub_source(src: str, revision: str | None, stream: bool) -> tuple[St
         folder = with_retries(f"downloading {repo_id}", lambda: _checked(download(shards), fresh),
                               progress=lambda: _partial_bytes(cache))
     return SnapshotStorage(folder), _source_record(repo_id, revision, commit.resolved, str(folder))
+
+
+@contextmanager
+def _quiet_hub_log() -> Iterator[None]:
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_log.setLevel(level)
 
 
 def _checked(folder: Path, fresh: list[str]) -> Path:
