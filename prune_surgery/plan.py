@@ -159,6 +159,11 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     """Plan a pruning run; raises SpecError / ArchitectureError for what cannot be done."""
     config = ckpt.config
     sizes = source_sizes(arch, config)
+    weights = sum(t.numel for t in ckpt.tensors.values())
+    for space, size in sizes.items():  # before anything is allocated per unit of a space (or per layer)
+        if size > max(weights, 1) or (space == "layers" and size > len(ckpt.tensors)):
+            raise ArchitectureError(f"config.json gives {space} a size of {size}, more than the {weights} weights the "
+                                    "checkpoint holds; the config does not match the weights")
     targets, layers = targets_and_layers(arch, sizes, spec)
     scores = None
     if spec.method == "magnitude":
