@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, OutputError, PruneSurgeryError, SourceError
-from .retry import BadDigest, check_lfs_digest, read_range, retry_call, with_retries
+from .retry import checked_shards, partial_bytes, quiet_hub_log, read_range, retry_call, with_retries
 from .storage import LocalStorage, Storage
 
 HF_PREFIX = "hf://"
@@ -208,7 +207,7 @@ def resolve_hub_source(src: str, revision: str | None, stream: bool) -> tuple[St
             return storage, _source_record(repo_id, revision, commit.resolved, None)
 
         def download(patterns: list[str]) -> Path:
-            with _quiet_hub_log():  # its resume warnings are retries we report ourselves: one line on failure
+            with quiet_hub_log():  # its resume warnings are retries we report ourselves: one line on failure
                 return Path(snapshot_download(repo_id, revision=commit, allow_patterns=patterns, cache_dir=cache,
                                               endpoint=_endpoint(), local_files_only=offline,
                                               library_name="prune-surgery"))
@@ -220,42 +219,9 @@ def resolve_hub_source(src: str, revision: str | None, stream: bool) -> tuple[St
             names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
         shards = _weight_files(repo_id, names, lambda: (folder / INDEX_NAME).read_bytes())
         fresh = [name for name in shards if not (folder / name).exists()]  # cached ones were checked when fetched
-        folder = with_retries(f"downloading {repo_id}", lambda: _checked(download(shards), fresh),
-                              progress=lambda: _partial_bytes(cache))
+        folder = with_retries(f"downloading {repo_id}", lambda: checked_shards(download(shards), fresh),
+                              progress=lambda: partial_bytes(cache))
     return SnapshotStorage(folder), _source_record(repo_id, revision, commit.resolved, str(folder))
-
-
-@contextmanager
-def _quiet_hub_log() -> Iterator[None]:
-    hub_log = logging.getLogger("huggingface_hub")
-    level = hub_log.level
-    hub_log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        hub_log.setLevel(level)
-
-
-def _checked(folder: Path, fresh: list[str]) -> Path:
-    """Check each freshly downloaded LFS shard against the sha256 the Hub named its blob by.
-
-    A shard that does not match is removed from the cache (so the retry downloads it again)."""
-    for name in list(fresh):
-        blob = (folder / name).resolve()
-        if re.fullmatch(r"[0-9a-f]{64}", blob.name):
-            try:
-                check_lfs_digest(blob, blob.name)
-            except BadDigest:
-                blob.unlink()
-                (folder / name).unlink()
-                raise
-        fresh.remove(name)
-    return folder
-
-
-def _partial_bytes(cache: str) -> int:
-    """Bytes of the downloads in progress in the cache (a retry that moved them made progress)."""
-    return sum(p.stat().st_size for p in Path(cache).glob("models--*/blobs/*.incomplete"))
 
 
 class SnapshotStorage(LocalStorage):

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from .errors import SourceError
 
@@ -161,3 +163,37 @@ def check_lfs_digest(path: Path, expected: str) -> None:
 def retry_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn(*args, **kwargs)` with transient failures retried."""
     return with_retries(what, lambda: fn(*args, **kwargs))
+
+
+@contextmanager
+def quiet_hub_log() -> Iterator[None]:
+    """Silence huggingface_hub's own resume warnings (retries are reported here, failures in one line)."""
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_log.setLevel(level)
+
+
+def checked_shards(folder: Path, fresh: list[str]) -> Path:
+    """Check each freshly downloaded LFS shard against the sha256 the Hub named its blob by.
+
+    A shard that does not match is removed from the cache (so the retry downloads it again)."""
+    for name in list(fresh):
+        blob = (folder / name).resolve()
+        if re.fullmatch(r"[0-9a-f]{64}", blob.name):
+            try:
+                check_lfs_digest(blob, blob.name)
+            except BadDigest:
+                blob.unlink()
+                (folder / name).unlink()
+                raise
+        fresh.remove(name)
+    return folder
+
+
+def partial_bytes(cache: str) -> int:
+    """Bytes of the downloads in progress in the cache (a retry that moved them made progress)."""
+    return sum(p.stat().st_size for p in Path(cache).glob("models--*/blobs/*.incomplete"))
