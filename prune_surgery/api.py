@@ -14,13 +14,15 @@ from .arch import Architecture, architecture_for
 from .backend import make_backend
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import CheckpointError, SpecError
+from .guard import check_space
 from .llamacpp.identity import source_tokenizer_entry
-from .output import atomic_folder, check_output, is_tokenizer_file, side_files
+from .output import atomic_folder, bytes_needed, check_output, is_tokenizer_file, side_files
 from .plan import BLOCK_BYTES, Plan, build_plan
 from .sizes import source_sizes
 from .spec import PruneSpec
 from .storage import LocalStorage, Storage
 from .stream import execute
+from .verify import shard_digests
 
 
 SCORES_NAME = "scores.safetensors"  # the activation statistics an output was selected by
@@ -80,12 +82,23 @@ def inspect(src: str | Path, *, revision: str | None = None, stream: bool = Fals
 
 
 def plan(src: str | Path, spec: PruneSpec | None = None, *, revision: str | None = None,
-         stream: bool = False, block_bytes: int = BLOCK_BYTES) -> Plan:
-    """Plan a pruning run without writing anything (`--calibration` data is calibrated in a temporary folder)."""
+         stream: bool = False, block_bytes: int = BLOCK_BYTES, out: str | Path | None = None) -> Plan:
+    """Plan a pruning run without writing anything (`--calibration` data is calibrated in a temporary folder).
+
+    With `out`, also check that its filesystem has room for everything the run would write.
+    """
     source = open_source(src, revision=revision, stream=stream)
     with tempfile.TemporaryDirectory(prefix="prune-surgery-") as work:
         spec = with_scores(src, spec or PruneSpec(), Path(work), revision)
-        return build_plan(source.checkpoint, source.arch, spec, source.record, block_bytes)
+        the_plan = build_plan(source.checkpoint, source.arch, spec, source.record, block_bytes)
+    if out is not None:
+        check_space(Path(out).resolve(), _needed(the_plan, source.storage))
+    return the_plan
+
+
+def _needed(the_plan: Plan, storage: Storage) -> int:
+    kept = sum(len(v) if isinstance(v, list) else sum(len(x) for x in v.values()) for v in the_plan.keep.values())
+    return bytes_needed(the_plan.shards, storage, kept)
 
 
 def with_scores(src: str | Path, spec: PruneSpec, work: Path, revision: str | None = None) -> PruneSpec:
@@ -126,14 +139,16 @@ def calibration_size(spec: PruneSpec) -> dict[str, int]:
 def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revision: str | None = None,
         stream: bool = False, overwrite: bool = False, device: str | None = None, workers: int | None = None,
         block_bytes: int = BLOCK_BYTES, command: str | None = None,
-        progress: Callable[[Plan], Callable[[int], None] | None] | None = None) -> Plan | dict[str, Any]:
+        progress: Callable[[Plan], Callable[[int], None] | None] | None = None,
+        note: Callable[[str], None] | None = None) -> Plan | dict[str, Any]:
     """Prune `src` into the folder `out` (atomically) and return the executed plan.
 
     A Megatron-LM checkpoint folder is pruned rank by rank instead (see `run_megatron`), and
     its run record is returned.
 
     `progress`, if given, is called with the plan and returns a callback that receives the
-    number of bytes written after each tensor.
+    number of bytes written after each tensor.  `note` receives one-line remarks (leftovers of
+    killed runs removed or left alone; default: printed to stderr).
     """
     out = Path(out)
     if not revision and Path(src).is_dir():
@@ -148,16 +163,21 @@ def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revi
         spec = with_scores(src, spec or PruneSpec(), Path(work), revision)
         the_plan = build_plan(source.checkpoint, source.arch, spec, source.record, block_bytes)
         callback = progress(the_plan) if progress else None
-        with atomic_folder(out) as tmp:
+        needed = _needed(the_plan, source.storage)
+        with atomic_folder(out, overwrite=overwrite, needed=needed, note=note) as tmp:
             execute(the_plan, source.storage, tmp, backend=backend, block_bytes=block_bytes, workers=workers, progress=callback)
             write_side_files(the_plan, source.storage, tmp)
             (tmp / "config.json").write_text(json.dumps(the_plan.new_config, indent=2, sort_keys=True) + "\n")
-            record = run_record(the_plan, command)
-            record.update(source_tokenizer_entry(source.storage, "vocab" in the_plan.keep))  # for `prune-surgery gguf`
+            refit = None
             if spec.refit:
                 from .refit import refit_folder
 
-                record["refit"] = refit_folder(the_plan, source, tmp, spec, device=device)
+                refit = refit_folder(the_plan, source, tmp, spec, device=device)  # rewrites tensor values in place
+            digests = shard_digests(tmp, [s.file for s in the_plan.shards])
+            record = run_record(the_plan, command, digests)
+            record.update(source_tokenizer_entry(source.storage, "vocab" in the_plan.keep))  # for `prune-surgery gguf`
+            if refit is not None:
+                record["refit"] = refit
             if spec.method == "activation" and spec.scores and not spec.keep:
                 shutil.copyfile(spec.scores, tmp / SCORES_NAME)  # the statistics the selection ranked by
                 record["spec"]["scores"] = SCORES_NAME
@@ -253,8 +273,10 @@ def record_json(record: dict[str, Any]) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
-def run_record(plan: Plan, command: str | None) -> dict[str, Any]:
-    """The content of OUT/prune_surgery.json: enough to reproduce the run byte for byte."""
+def run_record(plan: Plan, command: str | None, sha256: dict[str, str] | None = None) -> dict[str, Any]:
+    """The content of OUT/prune_surgery.json: enough to reproduce the run byte for byte.
+
+    `sha256` maps each written shard to its digest (what `prune-surgery verify` checks)."""
     return {
         "tool": "prune-surgery",
         "version": __version__,
@@ -269,5 +291,6 @@ def run_record(plan: Plan, command: str | None) -> dict[str, Any]:
         "params": {"before": plan.params_before, "after": plan.params_after},
         "config_changes": plan.changes,
         "plan_hash": plan.plan_hash,
+        **({"sha256": sha256} if sha256 is not None else {}),
         "keep": plan.keep,
     }

@@ -95,12 +95,13 @@ def plan(src: str = Src, spec_file: Optional[Path] = SpecFile, drop_layers: Opti
          refit: Optional[str] = Refit, depth: Optional[str] = Depth, cal_samples: Optional[int] = CalSamples,
          cal_seq_len: Optional[int] = CalSeqLen,
          revision: Optional[str] = Revision, stream: bool = Stream,
+         out: Optional[Path] = typer.Option(None, "--out", help="Also check that OUT's disk has room for the run"),
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output")) -> None:
     """Plan the pruning: new config, sizes, shards, memory, warnings. Writes nothing."""
     spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn,
                          method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores, calibration,
                          refit, cal_samples, cal_seq_len, depth)
-    the_plan = api.plan(src, spec, revision=revision, stream=stream)
+    the_plan = api.plan(src, spec, revision=revision, stream=stream, out=out)
     if as_json:
         typer.echo(json.dumps(plan_json(the_plan), indent=1))
     else:
@@ -153,7 +154,7 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
     command = "prune-surgery " + shlex.join(sys.argv[1:])
     try:
         the_plan = api.run(src, out, spec, revision=revision, stream=stream, overwrite=overwrite, device=device,
-                           workers=workers, command=command, progress=factory)
+                           workers=workers, command=command, progress=factory, note=_note)
     finally:
         if bar is not None:
             bar.stop()
@@ -177,7 +178,24 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
         console.print(f"pushed {out} to {url}")
 
 
-CORE_COMMANDS = ("inspect", "plan", "run")
+def _note(line: str) -> None:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"note: {line}", markup=False)
+
+
+@app.command()
+def verify(out: Path = typer.Argument(..., help="Output folder of a finished run")) -> None:
+    """Re-read OUT: every header, the index, config vs shapes, each shard's recorded sha256. Exit 1 if any differs."""
+    from .verify import verify_output
+
+    problems = verify_output(out)
+    for line in problems:
+        typer.echo(f"differs: {line}")
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{out}: every header, the index, config.json and every shard's sha256 check out")
+
+
+CORE_COMMANDS = ("inspect", "plan", "run", "verify")
 
 
 def register_subcommands() -> None:

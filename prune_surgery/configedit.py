@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .arch import Architecture
+from .errors import ArchitectureError
 from .keepfile import Keep
 from .sizes import config_get, config_set, copy_config, space_key
 
@@ -30,6 +31,8 @@ def rewrite_config(
         for key in arch.norm_eps:
             eps = config_get(config, key, None)
             if eps is not None:
+                if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+                    raise ArchitectureError(f"config.json gives {key} = {eps!r}; it must be a number, fix the config")
                 config_set(new, key, float(eps) * sizes["hidden"] / targets["hidden"])
     return new
 

@@ -167,6 +167,11 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     """Plan a pruning run; raises SpecError / ArchitectureError for what cannot be done."""
     config = ckpt.config
     sizes = source_sizes(arch, config)
+    weights = sum(t.numel for t in ckpt.tensors.values())
+    for space, size in sizes.items():  # before anything is allocated per unit of a space (or per layer)
+        if size > max(weights, 1) or (space == "layers" and size > len(ckpt.tensors)):
+            raise ArchitectureError(f"config.json gives {space} a size of {size}, more than the {weights} weights the "
+                                    "checkpoint holds; the config does not match the weights")
     activation = _activation_scores(spec, config)
     influence = None  # depth from activation records: block influence, or angular distance of blocks
     if activation is not None and spec.depth != "ppl":
@@ -316,7 +321,8 @@ def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], t
 
 def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
     """Working memory of the stream: blocks alive at once (workers + 1 queued for slicing, one in
-    hand, two queued for the writer, one being written), index arrays, float32 copies of a rescaled block."""
+    hand, two queued for the writer, one being written), the two temporaries each slicing worker holds
+    while gathering a block pruned on two axes, index arrays, float32 copies of a rescaled block."""
     if not tensors:
         return 0
 
@@ -327,7 +333,8 @@ def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
     block = max(min(t.out.nbytes, block_bytes) for t in tensors)
     index = max(sum(i.nbytes for i in t.index if i is not None) for t in tensors)
     rescaled = max((float_copies(t) for t in tensors if t.rescale), default=0)
-    return (default_workers() + 5) * block + index + rescaled
+    two_axes = any(sum(i is not None for i in t.index) > 1 for t in tensors)
+    return (default_workers() * (3 if two_axes else 1) + 5) * block + index + rescaled
 
 
 def _warnings(plan: Plan, pad: int) -> list[str]:

@@ -53,7 +53,7 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
             if value is None and space.default in sizes:
                 value = sizes[space.default]
             if value is not None:
-                sizes[name] = int(value)
+                sizes[name] = _size(value, space_key(arch, name, config))
                 del pending[name]
     if pending:
         name = next(iter(pending))
@@ -63,15 +63,23 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
         if value is None:
             default = dim.get("default")
             if isinstance(default, list):
-                value = sizes[default[0]] // sizes[default[1]]
+                value = sizes[default[0]] // sizes[default[1]] if sizes[default[1]] else 0
             elif isinstance(default, int):
                 value = default
             elif isinstance(default, str):
                 value = sizes[default]
             else:
                 raise ArchitectureError(f"config.json has no {dim.get('key')!r}, needed by {arch.family}")
-        sizes[name] = int(value)
+        sizes[name] = _size(value, str(dim.get("key") or name))
     return sizes
+
+
+def _size(value: Any, key: str) -> int:
+    """A config size: a non-negative integer (2.0 is accepted as 2), else a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")) \
+            or int(value) != value or value < 0:
+        raise ArchitectureError(f"config.json gives {key} = {value!r}; it must be a non-negative integer, fix the config")
+    return int(value)
 
 
 def unit_size(arch: Architecture, space: str, sizes: dict[str, int]) -> int:

@@ -82,15 +82,18 @@ class PruneSpec:
 
 def parse_size(text: str | int) -> int:
     """Parse '5GB' (10^9), '500MiB' (2^20), '1e9' or an int into bytes."""
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
         return text
-    found = re.fullmatch(r"\s*([\d.]+(?:e\d+)?)\s*([KMGT]?i?B)?\s*", str(text), re.IGNORECASE)
-    if not found:
+    found = re.fullmatch(r"\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([KMGT]?i?B)?\s*", str(text), re.IGNORECASE)
+    if not found or float(found.group(1)) <= 0:
         raise SpecError(f"cannot read size {text!r}; write e.g. 5GB, 500MB or 2GiB")
     unit = (found.group(2) or "B").upper()
     power = "BKMGT".index(unit[0]) if unit != "B" else 0
     base = 1024 if "I" in unit else 1000
     return int(float(found.group(1)) * base**power)
+
+
+MAX_LAYERS = 1 << 20  # a layer list naming more is a typo, not a model
 
 
 def parse_layers(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
@@ -107,6 +110,8 @@ def parse_layers(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
         low, high = int(found.group(1)), int(found.group(2) or found.group(1))
         if high < low:
             raise SpecError(f"layer range {item!r} runs backwards; write low-high")
+        if high >= MAX_LAYERS:
+            raise SpecError(f"layer {high} in {item!r} is beyond any model ({MAX_LAYERS} layers at most); check the list")
         layers.update(range(low, high + 1))
     return tuple(sorted(layers))
 
@@ -150,7 +155,10 @@ def spec_from_dict(data: dict[str, Any]) -> PruneSpec:
             raise SpecError(f"method must be one of {', '.join(METHODS)}, got {options['method']!r}")
         spec = replace(spec, method=options["method"])
     if "seed" in options:
-        spec = replace(spec, seed=int(options["seed"]))
+        seed = options["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, (int, str)) or not re.fullmatch(r"\s*\d+\s*", str(seed)):
+            raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
+        spec = replace(spec, seed=int(seed))
     if "balance" in options:
         spec = replace(spec, balance=_positive("balance", options["balance"]))
     if "norm_rescale" in options:
@@ -203,7 +211,9 @@ def spec_from_dict(data: dict[str, Any]) -> PruneSpec:
 
 def _load_vocab(value: Any) -> tuple[int, ...]:
     if isinstance(value, (list, tuple)):
-        return tuple(int(v) for v in value)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise SpecError("keep_vocab must be a list of token ids (integers) or the path of a keep-vocab.json")
+        return tuple(value)
     from .vocab import load_keep_vocab
 
     return tuple(load_keep_vocab(Path(value)))
@@ -218,6 +228,8 @@ def read_spec_file(path: Path) -> dict[str, Any]:
         raise SpecError(f"spec file {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"spec file {path} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"spec file {path} is not UTF-8 text; give a YAML or JSON spec") from None
     if not isinstance(data, dict):
         raise SpecError(f"spec file {path} must hold a mapping of option names to values")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
