@@ -9,7 +9,7 @@ axes, never family names.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -87,6 +87,7 @@ class Architecture:
     layer_steps: tuple[dict[str, Any], ...] = ()
     layer_patterns: tuple[dict[str, Any], ...] = ()
     approximate: str = ""
+    alias_roles: tuple[TensorRole, ...] = ()  # the same roles under another stored layout (`aliases`)
 
     @property
     def norm_offset(self) -> float:
@@ -98,7 +99,7 @@ class Architecture:
 
         Raises ArchitectureError naming the tensor when no entry claims it.
         """
-        for role in self.roles.values():
+        for role in (*self.roles.values(), *self.alias_roles):
             found = role.pattern.fullmatch(name)
             if found:
                 return role, {k: int(v) for k, v in found.groupdict().items()}
@@ -199,6 +200,7 @@ def load_architecture(family: str) -> Architecture:
                     raise ArchitectureError(f"table {family}: require rule {rule} names unknown space or dim {part!r}")
     layer_config = t.get("layer_config", {})
     tie = t.get("tie", {})
+    alias_roles, alias_drop = _aliased(roles, list(t.get("drop", [])), list(t.get("aliases", [])), family)
     return Architecture(
         family=family,
         model_types=_list(t.get("model_types", [family])),
@@ -210,7 +212,7 @@ def load_architecture(family: str) -> Architecture:
         spaces=spaces,
         dims=dims,
         roles=roles,
-        drop=tuple(_compile(d) for d in t.get("drop", [])),
+        drop=tuple(_compile(d) for d in [*t.get("drop", []), *alias_drop]),
         layer_lists=_list(layer_config.get("lists")),
         layer_counts=_list(layer_config.get("counts")),
         layer_ids=_list(layer_config.get("ids")),
@@ -218,7 +220,30 @@ def load_architecture(family: str) -> Architecture:
         layer_steps=tuple(layer_config.get("steps", [])),
         layer_patterns=tuple(layer_config.get("patterns", [])),
         approximate=str(t.get("approximate", "")),
+        alias_roles=alias_roles,
     )
+
+
+def _aliased(roles: dict[str, TensorRole], drop: list[str], aliases: list[dict[str, str]], family: str) -> tuple[tuple[TensorRole, ...], list[str]]:
+    """Roles and drop templates rewritten for each alternative stored layout (`aliases`).
+
+    An alias `{canonical: "transformer.", stored: ""}` says that a checkpoint may store every
+    name that the table writes with the prefix `canonical` with the prefix `stored` instead
+    (GPT-2 on the Hub has no `transformer.`; older VLM checkpoints say `language_model.model.`).
+    An aliased tensor keeps its stored name in the output.
+    """
+    extra: list[TensorRole] = []
+    more_drop: list[str] = []
+    for alias in aliases:
+        if set(alias) != {"canonical", "stored"}:
+            raise ArchitectureError(f"table {family}: an alias needs exactly `canonical` and `stored` prefixes: {alias}")
+        old, new = str(alias["canonical"]), str(alias["stored"])
+        for role in roles.values():
+            if role.template.startswith(old):
+                template = new + role.template[len(old):]
+                extra.append(replace(role, template=template, pattern=_compile(template)))
+        more_drop += [new + d[len(old):] for d in drop if d.startswith(old)]
+    return tuple(extra), more_drop
 
 
 def families() -> list[str]:

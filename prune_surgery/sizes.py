@@ -50,8 +50,9 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
     for _ in range(len(pending) + 1):
         for name, space in list(pending.items()):
             value = config_get(config, space_key(arch, name, config), None)
-            if value is None and space.default in sizes:
-                value = sizes[space.default]
+            base, _, times = (space.default or "").partition("*")  # `default: hidden*4` (GPT-2's n_inner)
+            if value is None and base in sizes:
+                value = sizes[base] * int(times or 1)
             if value is not None:
                 sizes[name] = int(value)
                 del pending[name]

@@ -1,0 +1,84 @@
+"""Tiny models of the families added in 2026 (GPT-2, SmolLM3, OLMo 2/3) and their oracles.
+
+The LLaMA-shaped families are registered in models_families.FAMILIES, so that module's
+`build` and `masked_reference` serve them unchanged (OLMo's post-norms read the attention /
+MLP outputs, whose pruned rows the reference zeroes, exactly as pruning leaves them out).
+GPT-2 has its own module layout (`transformer.h`, Conv1D [in, out]), masked here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import load
+from models_families import FAMILIES, build
+
+TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+FAMILIES.update({
+    "smollm3": ("SmolLM3Config", dict(TOKENS, no_rope_layers=[1, 0, 1, 1], no_rope_layer_interval=4)),
+    "olmo2": ("Olmo2Config", dict(TOKENS)),
+    "olmo3": ("Olmo3Config", dict(TOKENS, sliding_window=4,
+                                  layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"])),
+    # n_inner stays null (4 x n_embd = 256); the stray intermediate_size of BASE is cleared
+    "gpt2": ("GPT2Config", dict(TOKENS, n_positions=64, intermediate_size=None, tie_word_embeddings=True)),
+})
+
+
+def build_hub_gpt2(path: Path, src: Path) -> Path:
+    """The GPT-2 checkpoint `src` rewritten in the Hub's layout: no `transformer.` prefix, and
+    the causal-mask buffers `h.{i}.attn.bias` / `masked_bias` that old checkpoints carry."""
+    from safetensors.numpy import load_file, save_file
+    import numpy as np
+    import shutil
+
+    shutil.copytree(src, path)
+    for shard in path.glob("*.safetensors"):
+        shard.unlink()
+    (path / "model.safetensors.index.json").unlink(missing_ok=True)
+    tensors: dict[str, Any] = {}
+    for shard in sorted(src.glob("*.safetensors")):
+        tensors.update({k.removeprefix("transformer."): v for k, v in load_file(shard).items()})
+    n = 1 + max(int(k.split(".")[1]) for k in tensors if k.startswith("h."))
+    positions = tensors["wpe.weight"].shape[0]
+    for i in range(n):
+        tensors[f"h.{i}.attn.bias"] = np.tril(np.ones((positions, positions), np.float32))[None, None]
+        tensors[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+def masked_gpt2(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
+    """GPT-2 with pruned units zeroed (Conv1D weights are [in, out]) and layers removed."""
+    model = load(src)
+    cfg, blocks = model.config, model.transformer.h
+    hd = cfg.n_embd // cfg.n_head
+    with torch.no_grad():
+        if "hidden" in keep:
+            gone = sorted(set(range(cfg.n_embd)) - set(keep["hidden"]))
+            model.transformer.wte.weight[:, gone] = 0
+            model.transformer.wpe.weight[:, gone] = 0
+            for norm in [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]:
+                norm.weight[gone] = 0
+                norm.bias[gone] = 0
+            for block in blocks:
+                for proj in (block.attn.c_proj, block.mlp.c_proj):
+                    proj.weight[:, gone] = 0
+                    proj.bias[gone] = 0
+        for i, block in enumerate(blocks):
+            for h in sorted(set(range(cfg.n_head)) - set(keep.get("heads", {}).get(str(i), range(cfg.n_head)))):
+                block.attn.c_proj.weight[h * hd : (h + 1) * hd, :] = 0
+            if str(i) in keep.get("ffn", {}):
+                width = block.mlp.c_proj.weight.shape[0]
+                block.mlp.c_proj.weight[sorted(set(range(width)) - set(keep["ffn"][str(i)])), :] = 0
+    layers = keep.get("layers", list(range(cfg.n_layer)))
+    model.transformer.h = torch.nn.ModuleList(blocks[i] for i in layers)
+    for new, block in enumerate(model.transformer.h):
+        block.attn.layer_idx = new
+    cfg.n_layer = len(layers)
+    return model
+
+
+__all__ = ["FAMILIES", "build", "build_hub_gpt2", "masked_gpt2"]

@@ -1,0 +1,115 @@
+"""Oracles for GPT-2, SmolLM3, OLMo 2 and OLMo 3 (tables gpt2.yaml, olmo.yaml).
+
+transformers loads every output with no missing or unexpected keys; logits equal the masked
+original in float32; keep-everything is byte-identical; the cuts that cannot be exact are
+refused (OLMo heads) or flagged (GPT-2 hidden, LayerNorm).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import prune_surgery as ps
+from models import keep_of, load, logits, sample_ids
+from models_families import masked_reference
+from models_families_2026 import build, build_hub_gpt2, masked_gpt2
+from prune_surgery.errors import SpecError
+
+NEW = ("gpt2", "smollm3", "olmo2", "olmo3")
+LLAMA_LIKE = {"smollm3": {"hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64},
+              "olmo2": {"hidden_size": 48, "intermediate_size": 64}, "olmo3": {"hidden_size": 48, "intermediate_size": 64}}
+
+
+def _tensors(folder):
+    out = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), "np") as f:
+            out.update({key: f.get_tensor(key) for key in f.keys()})
+    return out
+
+
+def _config(folder):
+    return json.loads((folder / "config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families2026")
+    made = {name: build(root / name, name) for name in NEW}
+    made["gpt2_hub"] = build_hub_gpt2(root / "gpt2_hub", made["gpt2"])
+    return made
+
+
+def _error(src, out, family):
+    ids = sample_ids()
+    reference = masked_gpt2(src, keep_of(out)) if family == "gpt2" else masked_reference(src, family, keep_of(out))
+    expected = logits(reference, ids)
+    got = logits(load(out), ids)
+    assert not torch.allclose(got, logits(load(src), ids), atol=1e-4)  # the pruning changed something
+    return (got - expected).abs().max().item()
+
+
+@pytest.mark.parametrize("family", [*NEW, "gpt2_hub"])
+def test_keep_everything_is_byte_identical(ckpts, tmp_path, family):
+    plan = ps.run(ckpts[family], tmp_path / "out", ps.PruneSpec())
+    a, b = _tensors(ckpts[family]), _tensors(tmp_path / "out")
+    assert set(b) == {k for k in a if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    assert all(a[k].tobytes() == b[k].tobytes() for k in b)
+    assert all(t.identity for t in plan.tensors)
+
+
+@pytest.mark.parametrize("family", sorted(LLAMA_LIKE))
+def test_width_and_depth_are_exact(ckpts, tmp_path, family):
+    ps.run(ckpts[family], tmp_path / "out", ps.PruneSpec(sizes=LLAMA_LIKE[family], drop_layers=(2,)))
+    assert _error(ckpts[family], tmp_path / "out", family) < 5e-5
+
+
+def test_smollm3_no_rope_layers_follow_the_layers(ckpts, tmp_path):
+    ps.run(ckpts["smollm3"], tmp_path / "out", ps.PruneSpec(drop_layers=(0,)))
+    assert _config(tmp_path / "out")["no_rope_layers"] == [0, 1, 1]
+    assert _error(ckpts["smollm3"], tmp_path / "out", "smollm3") < 5e-5
+
+
+def test_olmo3_layer_types_follow_the_layers(ckpts, tmp_path):
+    ps.run(ckpts["olmo3"], tmp_path / "out", ps.PruneSpec(drop_layers=(1,)))
+    assert _config(tmp_path / "out")["layer_types"] == ["sliding_attention", "sliding_attention", "full_attention"]
+    assert _error(ckpts["olmo3"], tmp_path / "out", "olmo3") < 5e-5
+
+
+@pytest.mark.parametrize("family", ["olmo2", "olmo3"])
+@pytest.mark.parametrize("sizes", [{"num_attention_heads": 4}, {"num_attention_heads": 4, "num_key_value_heads": 2}])
+def test_olmo_head_pruning_is_refused(ckpts, family, sizes):
+    with pytest.raises(SpecError, match="across all .*heads at once"):
+        ps.plan(ckpts[family], ps.PruneSpec(sizes=sizes))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt2_hub"])
+def test_gpt2_layers_and_ffn_are_exact(ckpts, tmp_path, family):
+    src = ckpts[family]
+    plan = ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"intermediate_size": 100}, drop_layers=(1,)))
+    assert plan.new_config["n_inner"] == 100 and plan.new_config["n_layer"] == 3
+    names = set(_tensors(tmp_path / "out"))
+    prefix = "" if family == "gpt2_hub" else "transformer."
+    assert f"{prefix}h.2.mlp.c_fc.weight" in names and f"{prefix}h.3.ln_1.weight" not in names
+    assert not any(n.endswith(".attn.bias") for n in names)
+    out = _tensors(tmp_path / "out")
+    assert out[f"{prefix}h.0.attn.c_attn.weight"].shape == (64, 192) and out[f"{prefix}h.0.mlp.c_fc.weight"].shape == (64, 100)
+    assert _error(ckpts["gpt2"], tmp_path / "out", "gpt2") < 2e-5  # the same weights, transformers' layout
+
+
+def test_gpt2_heads_refused_alone_then_approximate_with_hidden(ckpts, tmp_path):
+    src = ckpts["gpt2"]
+    with pytest.raises(SpecError, match="n_embd / n_head"):
+        ps.plan(src, ps.PruneSpec(sizes={"num_attention_heads": 6}))
+    plan = ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"hidden_size": 48, "num_attention_heads": 6}))
+    assert any("LayerNorm is approximate" in w for w in plan.warnings)
+    out = _tensors(tmp_path / "out")
+    assert out["transformer.h.0.attn.c_attn.weight"].shape == (48, 144)
+    assert out["transformer.h.0.attn.c_proj.weight"].shape == (48, 48)
+    err = _error(src, tmp_path / "out", "gpt2")
+    print(f"gpt2 hidden 64->48, heads 8->6: max |logit error| {err:.3g}")
+    assert err < 0.05
