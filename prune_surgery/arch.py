@@ -24,7 +24,7 @@ class Segment:
     """One part of an axis: `space` units of `per_unit` elements (space may be a fixed dim)."""
 
     space: str
-    multiplier: int = 1
+    multiplier: int | str = 1  # units per index: an integer, or a fixed dim's name (`lin_v_heads*lin_dv`)
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,9 @@ class TensorRole:
     optional: bool = False
     tied_to: str | None = None
     pattern: re.Pattern[str] = field(compare=False, default=re.compile(""))
-    norm_final: bool = False  # `norm: final`: feeds the lm_head (see plan._rescale)
-    hidden_scale: bool = False  # multiply by sqrt(d/d') when hidden is pruned (see plan._rescale)
+    norm_final: bool = False  # `norm: final` or `feeds_head: true`: feeds the lm_head (see plan._rescale)
+    residual: str = ""  # "write": adds into the residual stream; "read": reads it raw (see plan._rescale)
+    embed_scale: bool = False  # the model multiplies it by sqrt(hidden_size) at run time (Gemma)
 
     @property
     def placeholders(self) -> tuple[str, ...]:
@@ -72,7 +73,6 @@ class Architecture:
     family: str
     model_types: tuple[str, ...]
     norm: str
-    norm_eps: tuple[str, ...]
     tie_key: str | None
     tie_default: bool
     placeholders: dict[str, str]
@@ -135,7 +135,9 @@ def _axis(spec: str, known: set[str], where: str) -> tuple[Segment, ...]:
         space, _, mult = part.strip().partition("*")
         if space not in known and not space.isdigit():
             raise ArchitectureError(f"table {where}: axis {spec!r} names unknown space or dim {space!r}")
-        segments.append(Segment(space, int(mult) if mult else 1))
+        if mult and not mult.isdigit() and mult not in known:
+            raise ArchitectureError(f"table {where}: axis {spec!r} multiplies by unknown dim {mult!r}")
+        segments.append(Segment(space, int(mult) if mult.isdigit() else mult or 1))
     return tuple(segments)
 
 
@@ -181,12 +183,21 @@ def load_architecture(family: str) -> Architecture:
     roles = {}
     for role, entry in t.get("tensors", {}).items():
         axes = tuple(_axis(a, known, f"{family}.{role}") for a in entry["axes"])
-        norm = entry.get("norm")
-        if norm not in (None, False, True, "final"):
-            raise ArchitectureError(f"table {family}.{role}: norm must be true or 'final', got {norm!r}")
+        norm, residual = entry.get("norm"), entry.get("residual", "")
+        if norm not in (None, False, True, "final", "post"):
+            raise ArchitectureError(f"table {family}.{role}: norm must be true, 'final' or 'post', got {norm!r}")
+        if residual not in ("", "write", "read"):
+            raise ArchitectureError(f"table {family}.{role}: residual must be 'write' or 'read', got {residual!r}")
+        if "hidden_scale" in entry:
+            raise ArchitectureError(
+                f"table {family}.{role}: `hidden_scale` is gone: hidden pruning keeps every eps and scales the residual "
+                "stream instead; mark what adds into it `residual: write`, a run-time sqrt(hidden_size) `embed_scale: true`, "
+                "and drop the flag from q/k projections (see tables/README.md)"
+            )
         roles[role] = TensorRole(
-            role, entry["name"], axes, bool(norm), bool(entry.get("optional")),
-            entry.get("tied_to"), _compile(entry["name"]), norm == "final", bool(entry.get("hidden_scale")),
+            role, entry["name"], axes, norm in (True, "final"), bool(entry.get("optional")),
+            entry.get("tied_to"), _compile(entry["name"]), norm == "final" or bool(entry.get("feeds_head")), residual,
+            bool(entry.get("embed_scale")),
         )
     if t.get("norm", "rms") not in NORM_OFFSETS:
         raise ArchitectureError(f"table {family}: norm must be one of {', '.join(NORM_OFFSETS)}")
@@ -205,7 +216,6 @@ def load_architecture(family: str) -> Architecture:
         family=family,
         model_types=_list(t.get("model_types", [family])),
         norm=t.get("norm", "rms"),
-        norm_eps=_list(t.get("norm_eps")),
         tie_key=tie.get("key"),
         tie_default=bool(tie.get("default", False)),
         placeholders=dict(t.get("placeholders", {})),

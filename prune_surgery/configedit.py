@@ -11,9 +11,9 @@ from .sizes import config_get, config_set, copy_config, space_key
 
 def rewrite_config(
     arch: Architecture, config: dict[str, Any], sizes: dict[str, int], targets: dict[str, int],
-    keep: Keep, norm_rescale: bool, vocab_rows: int,
+    keep: Keep, vocab_rows: int,
 ) -> dict[str, Any]:
-    """The new config: sizes, explicit head_dim, per-layer lists, layer-indexed keys, eps."""
+    """The new config: sizes, explicit head_dim, per-layer lists, layer-indexed keys."""
     new = copy_config(config)
     for name, space in arch.spaces.items():
         size = vocab_rows if name == "vocab" else targets[name]
@@ -26,12 +26,7 @@ def rewrite_config(
     layers: list[int] = list(keep.get("layers", range(sizes["layers"])))  # type: ignore[arg-type]
     if layers != list(range(sizes["layers"])):
         _remap_layer_keys(arch, config, new, layers, sizes["layers"])
-    if targets["hidden"] != sizes["hidden"] and norm_rescale and arch.norm.startswith("rms"):
-        for key in arch.norm_eps:
-            eps = config_get(config, key, None)
-            if eps is not None:
-                config_set(new, key, float(eps) * sizes["hidden"] / targets["hidden"])
-    return new
+    return new  # every eps stays: hidden pruning scales the residual stream instead (plan._rescale)
 
 
 def _remap_layer_keys(arch: Architecture, config: dict[str, Any], new: dict[str, Any], layers: list[int], n: int) -> None:

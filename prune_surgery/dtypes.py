@@ -76,9 +76,14 @@ def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
     values = np.ascontiguousarray(values, dtype=np.float32)
     if dtype == "BF16":
         bits = values.view(np.uint32)
-        rounded = (bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16
+        rounded = bits >> 16  # (bits + ((bits >> 16) & 1) + 0x7FFF) >> 16, in place (one temporary)
+        rounded &= 1
+        rounded += 0x7FFF
+        rounded += bits
+        rounded >>= 16
         nan = np.isnan(values)
-        return np.where(nan, (bits >> 16) | 0x40, rounded).astype(np.uint16)
+        rounded[nan] = (bits[nan] >> 16) | 0x40
+        return rounded.astype(np.uint16)
     if dtype in _FLOATS:
         return values.astype(_FLOATS[dtype]).view(raw_dtype(dtype))
     raise CheckpointError(

@@ -98,7 +98,7 @@ def _axis_index(arch: Architecture, role: TensorRole, axis: int, binding: dict[s
     offset, pruned = 0, False
     for seg, scope in zip(role.axes[axis], scopes):
         if seg.space in arch.spaces:
-            units, width = sizes[seg.space], unit_size(arch, seg.space, sizes) * seg.multiplier
+            units, width = sizes[seg.space], unit_size(arch, seg.space, sizes, seg.multiplier)
             chosen = kept(keep, seg.space, scope)
         else:
             units, width, chosen = 1, int(seg.space) if seg.space.isdigit() else sizes[seg.space], None
@@ -216,7 +216,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     _check_required(arch, sizes, seen, tied)
 
     vocab_rows = targets.get("vocab", 0) + pad
-    new_config = rewrite_config(arch, config, sizes, targets, keep, spec.norm_rescale, vocab_rows)
+    new_config = rewrite_config(arch, config, sizes, targets, keep, vocab_rows)
     if "vocab" in keep:
         from .vocab import remap_token_ids
 
@@ -238,24 +238,32 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
 def _rescale(arch: Architecture, role: TensorRole, hidden_scale: float, tied: bool) -> float | None:
     """The factor that keeps hidden pruning exact for this tensor, or None.
 
-    An RMSNorm over d' channels needs its weight times sqrt(d/d') (`norm: true`) and its eps
-    times d/d' (configedit).  `hidden_scale: true` marks a tensor that needs the same factor for
-    another reason: the model multiplies it by sqrt(hidden_size) at run time (Gemma's
-    embedding), or it feeds a head_dim norm that shares the rescaled eps (q/k_proj before
-    q_norm/k_norm: RMSNorm(c*x) with eps*c^2 equals RMSNorm(x) with eps).  A `norm: final`
-    norm feeds the lm_head: when the lm_head is tied to a `hidden_scale` embedding it already
-    carries the factor, so the norm needs none.
+    Every eps stays as it is; instead the residual stream is scaled by c = sqrt(d'/d)
+    (`hidden_scale` is 1/c): an RMSNorm over the d' kept channels of c*x then equals
+    c * RMSNorm(x) over d with x's pruned channels zero.  So what adds into the stream
+    (`residual: write`: embeddings, o_proj, down_proj, their biases) is multiplied by c,
+    what reads it raw (`residual: read`, OLMo's projections) by 1/c, and a norm that
+    reads it (`norm: true`, `norm: final`) has its weight (or 1 + w) multiplied by 1/c; a
+    norm whose output adds into the stream (`norm: post`) reads c * y and writes c * norm(y)
+    unchanged.  `embed_scale` (the model multiplies by sqrt(hidden_size), which becomes
+    sqrt(d')) adds 1/c.  A tied lm_head is the embedding: it carries the embedding's factor,
+    which what feeds the lm_head (`norm: final`, `feeds_head`: a LayerNorm bias) divides out.
     """
     if hidden_scale == 1.0:
         return None
-    factor = 1.0
-    if role.norm or role.hidden_scale:
-        factor = hidden_scale
+    factor = _stream_factor(role, hidden_scale)
     if role.norm_final and tied:
         head = next((r for r in arch.roles.values() if r.tied_to), None)
-        if head is not None and head.tied_to in arch.roles and arch.roles[head.tied_to].hidden_scale:
-            factor /= hidden_scale
+        if head is not None and head.tied_to in arch.roles:
+            factor /= _stream_factor(arch.roles[head.tied_to], hidden_scale)
     return None if factor == 1.0 else factor
+
+
+def _stream_factor(role: TensorRole, inverse_c: float) -> float:
+    """The residual-stream rule's factor for one tensor (see _rescale), before tying."""
+    factor = inverse_c if role.norm else 1.0
+    factor *= {"write": 1 / inverse_c, "read": inverse_c}.get(role.residual, 1.0)
+    return factor * inverse_c if role.embed_scale else factor
 
 
 def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], tied: bool) -> None:

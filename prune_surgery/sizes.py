@@ -75,10 +75,12 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
     return sizes
 
 
-def unit_size(arch: Architecture, space: str, sizes: dict[str, int]) -> int:
-    """Elements per unit of a space along an axis (e.g. head_dim rows per head)."""
+def unit_size(arch: Architecture, space: str, sizes: dict[str, int], multiplier: int | str = 1) -> int:
+    """Elements per unit of a space along an axis (e.g. head_dim rows per head), times an axis
+    segment's multiplier (an integer or a fixed dim's name)."""
     unit = arch.spaces[space].unit if space in arch.spaces else 1
-    return sizes[unit] if isinstance(unit, str) else int(unit)
+    times = sizes[multiplier] if isinstance(multiplier, str) else multiplier
+    return (sizes[unit] if isinstance(unit, str) else int(unit)) * times
 
 
 def is_tied(arch: Architecture, config: dict[str, Any]) -> bool:

@@ -24,6 +24,9 @@ FAMILIES.update({
                                   layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"])),
     # n_inner stays null (4 x n_embd = 256); the stray intermediate_size of BASE is cleared
     "gpt2": ("GPT2Config", dict(TOKENS, n_positions=64, intermediate_size=None, tie_word_embeddings=True)),
+    "qwen3_5": ("Qwen3_5TextConfig", dict(TOKENS, head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+                                          linear_key_head_dim=8, linear_value_head_dim=8,
+                                          layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"])),
 })
 
 
@@ -81,4 +84,37 @@ def masked_gpt2(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
-__all__ = ["FAMILIES", "build", "build_hub_gpt2", "masked_gpt2"]
+def masked_qwen3_5(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
+    """Qwen3.5 with pruned units zeroed: full-attention layers as LLaMA, gated DeltaNet layers by
+    their out_proj (rows for hidden, dv-wide column blocks for value heads), layers removed."""
+    model = load(src)
+    cfg, layers = model.config, model.model.layers
+    hd, dv = cfg.head_dim, cfg.linear_value_head_dim
+    with torch.no_grad():
+        if "hidden" in keep:
+            gone = sorted(set(range(cfg.hidden_size)) - set(keep["hidden"]))
+            model.model.embed_tokens.weight[:, gone] = 0
+            for layer in layers:
+                mixer = layer.self_attn.o_proj if hasattr(layer, "self_attn") else layer.linear_attn.out_proj
+                mixer.weight[gone, :] = 0
+                layer.mlp.down_proj.weight[gone, :] = 0
+        for i, layer in enumerate(layers):
+            if hasattr(layer, "self_attn"):
+                for h in sorted(set(range(cfg.num_attention_heads)) - set(keep.get("heads", {}).get(str(i), range(cfg.num_attention_heads)))):
+                    layer.self_attn.o_proj.weight[:, h * hd : (h + 1) * hd] = 0
+            else:
+                total = cfg.linear_num_value_heads
+                for h in sorted(set(range(total)) - set(keep.get("lin_v_heads", {}).get(str(i), range(total)))):
+                    layer.linear_attn.out_proj.weight[:, h * dv : (h + 1) * dv] = 0
+            if str(i) in keep.get("ffn", {}):
+                layer.mlp.down_proj.weight[:, sorted(set(range(cfg.intermediate_size)) - set(keep["ffn"][str(i)]))] = 0
+    kept = keep.get("layers", list(range(cfg.num_hidden_layers)))
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in kept)
+    for new, layer in enumerate(model.model.layers):
+        (layer.self_attn if hasattr(layer, "self_attn") else layer.linear_attn).layer_idx = new
+    cfg.layer_types = [cfg.layer_types[i] for i in kept]
+    cfg.num_hidden_layers = len(kept)
+    return model
+
+
+__all__ = ["FAMILIES", "build", "build_hub_gpt2", "masked_gpt2", "masked_qwen3_5"]

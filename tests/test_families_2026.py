@@ -16,10 +16,11 @@ from safetensors import safe_open
 import prune_surgery as ps
 from models import keep_of, load, logits, sample_ids
 from models_families import masked_reference
-from models_families_2026 import build, build_hub_gpt2, masked_gpt2
+from models_families_2026 import build, build_hub_gpt2, masked_gpt2, masked_qwen3_5
 from prune_surgery.errors import SpecError
 
-NEW = ("gpt2", "smollm3", "olmo2", "olmo3")
+NEW = ("gpt2", "smollm3", "olmo2", "olmo3", "qwen3_5")
+MASKED = {"gpt2": masked_gpt2, "qwen3_5": masked_qwen3_5}
 LLAMA_LIKE = {"smollm3": {"hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64},
               "olmo2": {"hidden_size": 48, "intermediate_size": 64}, "olmo3": {"hidden_size": 48, "intermediate_size": 64}}
 
@@ -46,7 +47,8 @@ def ckpts(tmp_path_factory):
 
 def _error(src, out, family):
     ids = sample_ids()
-    reference = masked_gpt2(src, keep_of(out)) if family == "gpt2" else masked_reference(src, family, keep_of(out))
+    keep = keep_of(out)
+    reference = MASKED[family](src, keep) if family in MASKED else masked_reference(src, family, keep)
     expected = logits(reference, ids)
     got = logits(load(out), ids)
     assert not torch.allclose(got, logits(load(src), ids), atol=1e-4)  # the pruning changed something
@@ -113,3 +115,37 @@ def test_gpt2_heads_refused_alone_then_approximate_with_hidden(ckpts, tmp_path):
     err = _error(src, tmp_path / "out", "gpt2")
     print(f"gpt2 hidden 64->48, heads 8->6: max |logit error| {err:.3g}")
     assert err < 0.05
+
+
+QWEN3_5_CUTS = {
+    "width_depth": ({"hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64}, (1,)),
+    "value_heads": ({"linear_num_value_heads": 2}, ()),            # one value head per key head
+    "key_heads": ({"linear_num_key_heads": 1, "linear_num_value_heads": 2}, (2,)),  # a whole key group
+    "hidden_only": ({"hidden_size": 32}, ()),
+}
+
+
+@pytest.mark.parametrize("cut", sorted(QWEN3_5_CUTS))
+def test_qwen3_5_hybrid_cuts_are_exact(ckpts, tmp_path, cut):
+    sizes, drop = QWEN3_5_CUTS[cut]
+    plan = ps.run(ckpts["qwen3_5"], tmp_path / "out", ps.PruneSpec(sizes=sizes, drop_layers=drop, method="magnitude"))
+    cfg = _config(tmp_path / "out")
+    assert cfg["layer_types"] == [t for i, t in enumerate(_config(ckpts["qwen3_5"])["layer_types"]) if i not in drop]
+    assert cfg["rms_norm_eps"] == _config(ckpts["qwen3_5"])["rms_norm_eps"]
+    if "linear_num_value_heads" in sizes:
+        out = _tensors(tmp_path / "out")
+        v = sizes["linear_num_value_heads"]
+        k = sizes.get("linear_num_key_heads", 2)
+        assert out["model.layers.0.linear_attn.in_proj_qkv.weight"].shape == (2 * k * 8 + v * 8, 64)
+        assert out["model.layers.0.linear_attn.conv1d.weight"].shape == (2 * k * 8 + v * 8, 1, 4)
+        assert out["model.layers.0.linear_attn.A_log"].shape == (v,)
+    assert plan.new_config.get("linear_num_value_heads", 4) == sizes.get("linear_num_value_heads", 4)
+    assert _error(ckpts["qwen3_5"], tmp_path / "out", "qwen3_5") < 5e-5
+
+
+def test_qwen3_5_hidden_is_exact_with_a_large_eps(tmp_path):
+    """eps 0.1 makes any change of the gated DeltaNet norm's effective eps visible: the residual
+    rule keeps every eps, so the cut stays exact."""
+    src = build(tmp_path / "src", "qwen3_5", rms_norm_eps=0.1)
+    ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"hidden_size": 32}))
+    assert _error(src, tmp_path / "out", "qwen3_5") < 5e-5
