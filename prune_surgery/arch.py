@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import ArchitectureError
+from .tablelayout import apply_layout
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TensorRole:
     norm_final: bool = False  # `norm: final` or `feeds_head: true`: feeds the lm_head (see plan._rescale)
     residual: str = ""  # "write": adds into the residual stream; "read": reads it raw (see plan._rescale)
     embed_scale: bool = False  # the model multiplies it by sqrt(hidden_size) at run time (Gemma)
+    copy: bool = False  # `copy: true`: every tensor under the name prefix, copied as is (a vision tower)
 
     @property
     def placeholders(self) -> tuple[str, ...]:
@@ -123,7 +125,9 @@ def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _compile(template: str) -> re.Pattern[str]:
+def _compile(template: str, copy: bool = False) -> re.Pattern[str]:
+    if copy:  # a name prefix: everything below it
+        return re.compile(re.escape(template) + ".+")
     parts = re.split(r"(\{\w+\})", template)
     regex = "".join(f"(?P<{p[1:-1]}>\\d+)" if p.startswith("{") else re.escape(p) for p in parts)
     return re.compile(regex)
@@ -173,7 +177,7 @@ def _list(value: Any) -> tuple[str, ...]:
 @lru_cache(maxsize=None)
 def load_architecture(family: str) -> Architecture:
     """Resolve a family's table (with inheritance) into an Architecture."""
-    t = _resolve(family)
+    t = apply_layout(_resolve(family), family)
     spaces = {
         n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"))
         for n, s in t.get("spaces", {}).items()
@@ -182,7 +186,7 @@ def load_architecture(family: str) -> Architecture:
     known = set(spaces) | set(dims)
     roles = {}
     for role, entry in t.get("tensors", {}).items():
-        axes = tuple(_axis(a, known, f"{family}.{role}") for a in entry["axes"])
+        axes = tuple(_axis(a, known, f"{family}.{role}") for a in entry.get("axes", []))
         norm, residual = entry.get("norm"), entry.get("residual", "")
         if norm not in (None, False, True, "final", "post"):
             raise ArchitectureError(f"table {family}.{role}: norm must be true, 'final' or 'post', got {norm!r}")
@@ -196,8 +200,8 @@ def load_architecture(family: str) -> Architecture:
             )
         roles[role] = TensorRole(
             role, entry["name"], axes, norm in (True, "final"), bool(entry.get("optional")),
-            entry.get("tied_to"), _compile(entry["name"]), norm == "final" or bool(entry.get("feeds_head")), residual,
-            bool(entry.get("embed_scale")),
+            entry.get("tied_to"), _compile(entry["name"], bool(entry.get("copy"))), norm == "final" or bool(entry.get("feeds_head")),
+            residual, bool(entry.get("embed_scale")), bool(entry.get("copy")),
         )
     if t.get("norm", "rms") not in NORM_OFFSETS:
         raise ArchitectureError(f"table {family}: norm must be one of {', '.join(NORM_OFFSETS)}")
@@ -251,7 +255,7 @@ def _aliased(roles: dict[str, TensorRole], drop: list[str], aliases: list[dict[s
         for role in roles.values():
             if role.template.startswith(old):
                 template = new + role.template[len(old):]
-                extra.append(replace(role, template=template, pattern=_compile(template)))
+                extra.append(replace(role, template=template, pattern=_compile(template, role.copy)))
         more_drop += [new + d[len(old):] for d in drop if d.startswith(old)]
     return tuple(extra), more_drop
 

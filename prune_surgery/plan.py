@@ -191,9 +191,13 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         params_before += ref.numel
         role, binding = claim
         seen.add((role.role, tuple(sorted(binding.items()))))
-        name = _new_name(arch, role, binding, keep)
+        name = ref.name if role.copy else _new_name(arch, role, binding, keep)
         if name is None or (role.tied_to and tied):
             dropped.append(ref.name)
+            continue
+        if role.copy:  # a part the tables keep whole (a vision tower): its bytes as they are
+            out = OutTensor(name, ref.dtype, tuple(ref.shape), ref.nbytes)
+            tensors.append(TensorPlan(ref, out, role.role, (None,) * len(ref.shape)))
             continue
         if len(ref.shape) != len(role.axes):
             raise ArchitectureError(f"{ref.name} has shape {list(ref.shape)} but the {arch.family} table expects {len(role.axes)} axes")
@@ -268,7 +272,7 @@ def _stream_factor(role: TensorRole, inverse_c: float) -> float:
 
 def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], tied: bool) -> None:
     for role in arch.roles.values():
-        if role.optional or (role.tied_to and tied):
+        if role.optional or role.copy or (role.tied_to and tied):
             continue
         ranges = [range(sizes[arch.placeholders[p]]) for p in role.placeholders]
         present = sum(1 for s in seen if s[0] == role.role)

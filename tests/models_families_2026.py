@@ -118,3 +118,78 @@ def masked_qwen3_5(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
 
 
 __all__ = ["FAMILIES", "build", "build_hub_gpt2", "masked_gpt2", "masked_qwen3_5"]
+
+
+GEMMA3_VLM_TEXT = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                       vocab_size=300, head_dim=8, max_position_embeddings=64, query_pre_attn_scalar=8, sliding_window=4,
+                       layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+                       bos_token_id=2, eos_token_id=1, pad_token_id=0)
+GEMMA3_VLM_VISION = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
+IMAGE_TOKEN = 299
+
+
+def build_gemma3_vlm(path: Path, seed: int = 0) -> Path:
+    """A tiny Gemma 3 vision-language model (4 image tokens per image), saved by transformers."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.Gemma3Config(text_config=GEMMA3_VLM_TEXT, vision_config=GEMMA3_VLM_VISION, mm_tokens_per_image=4,
+                                       image_token_index=IMAGE_TOKEN, boi_token_index=297, eoi_token_index=298)
+    model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                param.uniform_(0.5, 1.5)
+            elif "mm_input_projection" in name:
+                param.normal_(0, 0.5)
+    model.save_pretrained(path, max_shard_size="60KB")
+    return path
+
+
+def load_vlm(path: Path) -> torch.nn.Module:
+    """Load a VLM with transformers, asserting no missing or unexpected keys."""
+    import transformers
+
+    model, info = transformers.AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True, dtype=torch.float32)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    return model.eval()
+
+
+def vlm_logits(model: torch.nn.Module, images: bool) -> torch.Tensor:
+    """Logits of a fixed text-only batch, or of one with an image (4 image tokens) first."""
+    ids = torch.randint(3, 290, (2, 12), generator=torch.Generator().manual_seed(1))
+    kwargs: dict[str, Any] = {}
+    if images:
+        ids[:, 1:5] = IMAGE_TOKEN
+        kwargs["pixel_values"] = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(2))
+        kwargs["token_type_ids"] = (ids == IMAGE_TOKEN).long()
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False, **kwargs).logits.float()
+
+
+def masked_gemma3_vlm(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
+    """The VLM with its language model masked like the text oracle (models_families) and the
+    projector's pruned output columns zeroed; the vision tower untouched."""
+    model = load_vlm(src)
+    lm, cfg = model.model.language_model, model.config.text_config
+    hd = cfg.head_dim
+    with torch.no_grad():
+        if "hidden" in keep:
+            gone = sorted(set(range(cfg.hidden_size)) - set(keep["hidden"]))
+            lm.embed_tokens.weight[:, gone] = 0
+            model.model.multi_modal_projector.mm_input_projection_weight[:, gone] = 0
+            for layer in lm.layers:
+                layer.self_attn.o_proj.weight[gone, :] = 0
+                layer.mlp.down_proj.weight[gone, :] = 0
+        for i, layer in enumerate(lm.layers):
+            for h in sorted(set(range(cfg.num_attention_heads)) - set(keep.get("heads", {}).get(str(i), range(cfg.num_attention_heads)))):
+                layer.self_attn.o_proj.weight[:, h * hd : (h + 1) * hd] = 0
+            if str(i) in keep.get("ffn", {}):
+                layer.mlp.down_proj.weight[:, sorted(set(range(cfg.intermediate_size)) - set(keep["ffn"][str(i)]))] = 0
+    kept = keep.get("layers", list(range(cfg.num_hidden_layers)))
+    lm.layers = torch.nn.ModuleList(lm.layers[i] for i in kept)
+    for new, layer in enumerate(lm.layers):
+        layer.self_attn.layer_idx = new
+    cfg.layer_types = [cfg.layer_types[i] for i in kept]
+    cfg.num_hidden_layers = len(kept)
+    return model

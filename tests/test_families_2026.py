@@ -8,6 +8,7 @@ refused (OLMo heads) or flagged (GPT-2 hidden, LayerNorm).
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -16,7 +17,8 @@ from safetensors import safe_open
 import prune_surgery as ps
 from models import keep_of, load, logits, sample_ids
 from models_families import masked_reference
-from models_families_2026 import build, build_hub_gpt2, masked_gpt2, masked_qwen3_5
+from models_families_2026 import (build, build_gemma3_vlm, build_hub_gpt2, load_vlm, masked_gemma3_vlm, masked_gpt2,
+                                  masked_qwen3_5, vlm_logits)
 from prune_surgery.errors import SpecError
 
 NEW = ("gpt2", "smollm3", "olmo2", "olmo3", "qwen3_5")
@@ -149,3 +151,56 @@ def test_qwen3_5_hidden_is_exact_with_a_large_eps(tmp_path):
     src = build(tmp_path / "src", "qwen3_5", rms_norm_eps=0.1)
     ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"hidden_size": 32}))
     assert _error(src, tmp_path / "out", "qwen3_5") < 5e-5
+
+
+@pytest.fixture(scope="module")
+def gemma3_vlm(tmp_path_factory):
+    return build_gemma3_vlm(tmp_path_factory.mktemp("vlm") / "gemma3")
+
+
+def test_gemma3_vlm_keep_everything_is_byte_identical(gemma3_vlm, tmp_path):
+    plan = ps.run(gemma3_vlm, tmp_path / "out", ps.PruneSpec())
+    assert plan.arch.family == "gemma3_vlm" and all(t.identity for t in plan.tensors)
+    a, b = _tensors(gemma3_vlm), _tensors(tmp_path / "out")
+    assert set(a) == set(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+@pytest.mark.parametrize("images", [False, True])
+def test_gemma3_vlm_language_model_cuts_are_exact(gemma3_vlm, tmp_path, images):
+    sizes = {"hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64}
+    plan = ps.run(gemma3_vlm, tmp_path / "out", ps.PruneSpec(sizes=sizes, drop_layers=(2,)))
+    cfg = _config(tmp_path / "out")["text_config"]
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["layer_types"]) == (48, 3, ["sliding_attention", "full_attention", "full_attention"])
+    a, b = _tensors(gemma3_vlm), _tensors(tmp_path / "out")
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a if k.startswith("vision_tower."))  # kept whole
+    assert b["multi_modal_projector.mm_input_projection_weight"].shape == (32, 48)
+    assert not any(".layers.3." in k for k in b if k.startswith("language_model."))
+    assert plan.new_config["text_config"]["rms_norm_eps"] == plan.config["text_config"]["rms_norm_eps"]
+    expected = vlm_logits(masked_gemma3_vlm(gemma3_vlm, keep_of(tmp_path / "out")), images)
+    got = vlm_logits(load_vlm(tmp_path / "out"), images)
+    assert (got - expected).abs().max() < 5e-5
+    assert not torch.allclose(got, vlm_logits(load_vlm(gemma3_vlm), images), atol=1e-4)
+
+
+def test_gemma3_vlm_in_memory_layout_is_kept(gemma3_vlm, tmp_path):
+    """Checkpoints saved as `model.language_model.*` / `model.vision_tower.*` (the in-memory names)."""
+    from safetensors.numpy import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(gemma3_vlm, src)
+    moves = {"language_model.model.": "model.language_model.", "vision_tower.": "model.vision_tower.",
+             "multi_modal_projector.": "model.multi_modal_projector.", "language_model.lm_head.": "lm_head."}
+    for shard in src.glob("*.safetensors"):
+        renamed = {}
+        for key, value in load_file(shard).items():
+            old = next((o for o in moves if key.startswith(o)), "")
+            renamed[moves[old] + key[len(old):] if old else key] = value
+        save_file(renamed, str(shard), metadata={"format": "pt"})
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    index["weight_map"] = {next((moves[o] + k[len(o):] for o in moves if k.startswith(o)), k): v for k, v in index["weight_map"].items()}
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"intermediate_size": 64}, drop_layers=(1,)))
+    names = set(_tensors(tmp_path / "out"))
+    assert "model.language_model.layers.2.mlp.down_proj.weight" in names and "model.vision_tower.post_layernorm.weight" in names
+    expected = vlm_logits(masked_gemma3_vlm(gemma3_vlm, keep_of(tmp_path / "out")), False)
+    assert (vlm_logits(load_vlm(tmp_path / "out"), False) - expected).abs().max() < 5e-5
