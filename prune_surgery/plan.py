@@ -311,6 +311,8 @@ def _warnings(plan: Plan, pad: int) -> list[str]:
         if plan.arch.norm == "layernorm":
             notes.append("hidden pruning under LayerNorm is approximate: the mean and variance change; expect to recover by training"
                          + (f" ({plan.arch.approximate})" if plan.arch.approximate else ""))
+        elif plan.arch.approximate:
+            notes.append(f"hidden pruning is approximate for {plan.arch.family}: {plan.arch.approximate}")
         elif not plan.spec.norm_rescale:
             notes.append("--no-norm-rescale: RMSNorm now averages over fewer channels, so outputs differ from the masked original")
     if pad:

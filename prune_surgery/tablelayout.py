@@ -6,8 +6,9 @@ config (`text_config.hidden_size`).  Two table entries say so, applied to the re
 (own and inherited entries alike) before it becomes an Architecture:
 
 - `config_prefix: text_config.`: every config key the table names (space and dim keys,
-  `layer_config`, `tie`) is read and written under that prefix (dotted keys, see sizes.py),
-  except keys that are dotted already (`vision_config.hidden_size`);
+  `layer_config`) is read and written under that prefix (dotted keys, see sizes.py), except
+  keys that are dotted already (`vision_config.hidden_size`) and `tie`, which transformers
+  reads from the top-level config of a composite model;
 - `rename: [{from: "model.", to: "language_model.model."}]`: every tensor name template and
   `drop` template starting with `from` starts with `to` instead.
 """
@@ -39,9 +40,7 @@ def apply_layout(table: dict[str, Any], family: str) -> dict[str, Any]:
                 config[kind] = _prefixed(config[kind], prefix)
         for kind, fields in (("steps", ("step", "ids")), ("patterns", ("list", "step"))):
             config[kind] = [{**r, **{f: _prefixed(r[f], prefix) for f in fields if r.get(f)}} for r in config.get(kind, [])]
-        t["layer_config"] = config
-        if t.get("tie", {}).get("key"):
-            t["tie"] = {**t["tie"], "key": _prefixed(t["tie"]["key"], prefix)}
+        t["layer_config"] = config  # `tie` stays top-level: transformers ties a composite model by its own config
     renames = t.get("rename", [])
     for rule in renames:
         if set(rule) != {"from", "to"}:

@@ -128,14 +128,24 @@ GEMMA3_VLM_VISION = dict(hidden_size=32, intermediate_size=48, num_hidden_layers
 IMAGE_TOKEN = 299
 
 
-def build_gemma3_vlm(path: Path, seed: int = 0) -> Path:
-    """A tiny Gemma 3 vision-language model (4 image tokens per image), saved by transformers."""
+def _vlm_config(kind: str) -> Any:
+    import transformers
+
+    if kind == "gemma3":
+        return transformers.Gemma3Config(text_config=GEMMA3_VLM_TEXT, vision_config=GEMMA3_VLM_VISION, mm_tokens_per_image=4,
+                                         image_token_index=IMAGE_TOKEN, boi_token_index=297, eoi_token_index=298)
+    text = {k: v for k, v in GEMMA3_VLM_TEXT.items() if k not in ("query_pre_attn_scalar", "layer_types")}
+    vision = dict(GEMMA3_VLM_VISION, model_type="pixtral", head_dim=16)
+    return transformers.Mistral3Config(text_config=dict(text, model_type="mistral", sliding_window=None),
+                                       vision_config=vision, image_token_index=IMAGE_TOKEN, spatial_merge_size=2)
+
+
+def build_vlm(path: Path, kind: str = "gemma3", seed: int = 0) -> Path:
+    """A tiny Gemma 3 (4 image tokens per image) or Mistral 3 (Pixtral) VLM, saved by transformers."""
     import transformers
 
     torch.manual_seed(seed)
-    config = transformers.Gemma3Config(text_config=GEMMA3_VLM_TEXT, vision_config=GEMMA3_VLM_VISION, mm_tokens_per_image=4,
-                                       image_token_index=IMAGE_TOKEN, boi_token_index=297, eoi_token_index=298)
-    model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    model = transformers.AutoModelForImageTextToText.from_config(_vlm_config(kind)).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name and name.endswith("weight"):
@@ -156,20 +166,26 @@ def load_vlm(path: Path) -> torch.nn.Module:
 
 
 def vlm_logits(model: torch.nn.Module, images: bool) -> torch.Tensor:
-    """Logits of a fixed text-only batch, or of one with an image (4 image tokens) first."""
+    """Logits of a fixed text-only batch, or of one with a 28 x 28 image first (Gemma 3: 4 image
+    tokens; Mistral 3: 4 patches merged 2 x 2 into one token)."""
     ids = torch.randint(3, 290, (2, 12), generator=torch.Generator().manual_seed(1))
     kwargs: dict[str, Any] = {}
     if images:
-        ids[:, 1:5] = IMAGE_TOKEN
         kwargs["pixel_values"] = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(2))
-        kwargs["token_type_ids"] = (ids == IMAGE_TOKEN).long()
+        if model.config.model_type == "mistral3":
+            ids[:, 1] = IMAGE_TOKEN
+            kwargs["image_sizes"] = torch.tensor([[28, 28], [28, 28]])
+        else:
+            ids[:, 1:5] = IMAGE_TOKEN
+            kwargs["token_type_ids"] = (ids == IMAGE_TOKEN).long()
     with torch.no_grad():
         return model(input_ids=ids, use_cache=False, **kwargs).logits.float()
 
 
-def masked_gemma3_vlm(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
+def masked_vlm(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
     """The VLM with its language model masked like the text oracle (models_families) and the
-    projector's pruned output columns zeroed; the vision tower untouched."""
+    projector's pruned outputs zeroed (Gemma 3; Mistral 3's image path is approximate, only its
+    text logits are compared); the vision tower untouched."""
     model = load_vlm(src)
     lm, cfg = model.model.language_model, model.config.text_config
     hd = cfg.head_dim
@@ -177,7 +193,9 @@ def masked_gemma3_vlm(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
         if "hidden" in keep:
             gone = sorted(set(range(cfg.hidden_size)) - set(keep["hidden"]))
             lm.embed_tokens.weight[:, gone] = 0
-            model.model.multi_modal_projector.mm_input_projection_weight[:, gone] = 0
+            projector = model.model.multi_modal_projector
+            if hasattr(projector, "mm_input_projection_weight"):
+                projector.mm_input_projection_weight[:, gone] = 0
             for layer in lm.layers:
                 layer.self_attn.o_proj.weight[gone, :] = 0
                 layer.mlp.down_proj.weight[gone, :] = 0
@@ -190,6 +208,7 @@ def masked_gemma3_vlm(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
     lm.layers = torch.nn.ModuleList(lm.layers[i] for i in kept)
     for new, layer in enumerate(lm.layers):
         layer.self_attn.layer_idx = new
-    cfg.layer_types = [cfg.layer_types[i] for i in kept]
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = [cfg.layer_types[i] for i in kept]
     cfg.num_hidden_layers = len(kept)
     return model

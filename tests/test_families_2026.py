@@ -17,7 +17,7 @@ from safetensors import safe_open
 import prune_surgery as ps
 from models import keep_of, load, logits, sample_ids
 from models_families import masked_reference
-from models_families_2026 import (build, build_gemma3_vlm, build_hub_gpt2, load_vlm, masked_gemma3_vlm, masked_gpt2,
+from models_families_2026 import (build, build_vlm, build_hub_gpt2, load_vlm, masked_vlm, masked_gpt2,
                                   masked_qwen3_5, vlm_logits)
 from prune_surgery.errors import SpecError
 
@@ -155,7 +155,7 @@ def test_qwen3_5_hidden_is_exact_with_a_large_eps(tmp_path):
 
 @pytest.fixture(scope="module")
 def gemma3_vlm(tmp_path_factory):
-    return build_gemma3_vlm(tmp_path_factory.mktemp("vlm") / "gemma3")
+    return build_vlm(tmp_path_factory.mktemp("vlm") / "gemma3", "gemma3")
 
 
 def test_gemma3_vlm_keep_everything_is_byte_identical(gemma3_vlm, tmp_path):
@@ -176,7 +176,7 @@ def test_gemma3_vlm_language_model_cuts_are_exact(gemma3_vlm, tmp_path, images):
     assert b["multi_modal_projector.mm_input_projection_weight"].shape == (32, 48)
     assert not any(".layers.3." in k for k in b if k.startswith("language_model."))
     assert plan.new_config["text_config"]["rms_norm_eps"] == plan.config["text_config"]["rms_norm_eps"]
-    expected = vlm_logits(masked_gemma3_vlm(gemma3_vlm, keep_of(tmp_path / "out")), images)
+    expected = vlm_logits(masked_vlm(gemma3_vlm, keep_of(tmp_path / "out")), images)
     got = vlm_logits(load_vlm(tmp_path / "out"), images)
     assert (got - expected).abs().max() < 5e-5
     assert not torch.allclose(got, vlm_logits(load_vlm(gemma3_vlm), images), atol=1e-4)
@@ -202,5 +202,23 @@ def test_gemma3_vlm_in_memory_layout_is_kept(gemma3_vlm, tmp_path):
     ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"intermediate_size": 64}, drop_layers=(1,)))
     names = set(_tensors(tmp_path / "out"))
     assert "model.language_model.layers.2.mlp.down_proj.weight" in names and "model.vision_tower.post_layernorm.weight" in names
-    expected = vlm_logits(masked_gemma3_vlm(gemma3_vlm, keep_of(tmp_path / "out")), False)
+    expected = vlm_logits(masked_vlm(gemma3_vlm, keep_of(tmp_path / "out")), False)
     assert (vlm_logits(load_vlm(tmp_path / "out"), False) - expected).abs().max() < 5e-5
+
+
+def test_mistral3_vlm_text_is_exact_image_path_flagged(tmp_path):
+    src = build_vlm(tmp_path / "src", "mistral3")
+    (src / "consolidated.safetensors").write_bytes((src / next(iter(sorted(p.name for p in src.glob("model-*.safetensors"))))).read_bytes())
+    plan = ps.run(src, tmp_path / "same", ps.PruneSpec())
+    assert plan.arch.family == "mistral3_vlm" and all(t.identity for t in plan.tensors)
+    assert not (tmp_path / "same" / "consolidated.safetensors").exists()  # outside the index: never read nor copied
+    sizes = {"hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64}
+    plan = ps.run(src, tmp_path / "out", ps.PruneSpec(sizes=sizes, drop_layers=(1,)))
+    assert any("image projector" in w for w in plan.warnings)
+    out = _tensors(tmp_path / "out")
+    assert out["multi_modal_projector.linear_1.weight"].shape == (48, 32) and out["multi_modal_projector.linear_2.weight"].shape == (48, 48)
+    assert _config(tmp_path / "out")["text_config"]["hidden_size"] == 48
+    expected = vlm_logits(masked_vlm(src, keep_of(tmp_path / "out")), False)
+    got = vlm_logits(load_vlm(tmp_path / "out"), False)
+    assert (got - expected).abs().max() < 5e-5
+    vlm_logits(load_vlm(tmp_path / "out"), True)  # the image path still runs
