@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import ArchitectureError
-from .tablelayout import apply_layout
+from .tablelayout import apply_layout, renamed_templates
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class Space:
     unit: str | int = 1
     within: str | None = None
     default: str | None = None
+    mirrors: tuple[str, ...] = ()  # other config keys holding the same size, written with it (a VLM's projector width)
 
 
 #: norm kinds a table may name, and the offset their stored weight carries
@@ -167,7 +168,12 @@ def _resolve(family: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ArchitectureError(f"table {family!r} is missing or extends itself")
     table = tables[family]
     parent = table.get("extends")
-    return _merge(_resolve(parent, seen + (family,)), table) if parent else dict(table)
+    if not parent:
+        return dict(table)
+    inherited = _resolve(parent, seen + (family,))
+    if table.get("rename"):  # the parent's names under another prefix (a VLM's language model)
+        inherited = renamed_templates(inherited, table["rename"], family)
+    return _merge(inherited, table)
 
 
 def _list(value: Any) -> tuple[str, ...]:
@@ -179,7 +185,8 @@ def load_architecture(family: str) -> Architecture:
     """Resolve a family's table (with inheritance) into an Architecture."""
     t = apply_layout(_resolve(family), family)
     spaces = {
-        n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"))
+        n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"),
+                 _list(s.get("mirrors")))
         for n, s in t.get("spaces", {}).items()
     }
     dims = dict(t.get("dims", {}))

@@ -20,6 +20,9 @@ def rewrite_config(
         key = space_key(arch, name, config)
         if size != sizes[name] or config_get(config, key, None) is None:
             config_set(new, key, size)
+        for mirror in space.mirrors:  # keys that must hold the same size (only those present)
+            if size != sizes[name] and config_get(config, mirror, None) is not None:
+                config_set(new, mirror, size)
     for name, dim in arch.dims.items():
         if dim.get("key"):
             config_set(new, dim["key"], sizes[name])

@@ -10,7 +10,8 @@ config (`text_config.hidden_size`).  Two table entries say so, applied to the re
   keys that are dotted already (`vision_config.hidden_size`) and `tie`, which transformers
   reads from the top-level config of a composite model;
 - `rename: [{from: "model.", to: "language_model.model."}]`: every tensor name template and
-  `drop` template starting with `from` starts with `to` instead.
+  `drop` template inherited from `extends` (not the table's own) starting with `from` starts
+  with `to` instead (the first rule that applies).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _prefixed(value: Any, prefix: str) -> Any:
 
 
 def apply_layout(table: dict[str, Any], family: str) -> dict[str, Any]:
-    """The table with `config_prefix` and `rename` applied (a new dict; the input is not changed)."""
+    """The table with `config_prefix` applied (a new dict; the input is not changed)."""
     t = dict(table)
     prefix = t.get("config_prefix")
     if prefix:
@@ -41,7 +42,12 @@ def apply_layout(table: dict[str, Any], family: str) -> dict[str, Any]:
         for kind, fields in (("steps", ("step", "ids")), ("patterns", ("list", "step"))):
             config[kind] = [{**r, **{f: _prefixed(r[f], prefix) for f in fields if r.get(f)}} for r in config.get(kind, [])]
         t["layer_config"] = config  # `tie` stays top-level: transformers ties a composite model by its own config
-    renames = t.get("rename", [])
+    return t
+
+
+def renamed_templates(inherited: dict[str, Any], renames: list[dict[str, str]], family: str) -> dict[str, Any]:
+    """The inherited (resolved parent) table with its name templates moved by `rename` rules."""
+    t = dict(inherited)
     for rule in renames:
         if set(rule) != {"from", "to"}:
             raise ArchitectureError(f"table {family}: a rename needs exactly `from` and `to` prefixes: {rule}")
@@ -52,7 +58,6 @@ def apply_layout(table: dict[str, Any], family: str) -> dict[str, Any]:
                 return rule["to"] + name[len(rule["from"]):]
         return name
 
-    if renames:
-        t["tensors"] = {r: {**e, "name": renamed(e["name"])} for r, e in t.get("tensors", {}).items()}
-        t["drop"] = [renamed(d) for d in t.get("drop", [])]
+    t["tensors"] = {r: {**e, "name": renamed(e["name"])} for r, e in t.get("tensors", {}).items()}
+    t["drop"] = [renamed(d) for d in t.get("drop", [])]
     return t

@@ -88,12 +88,18 @@ def masked_qwen3_5(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
     """Qwen3.5 with pruned units zeroed: full-attention layers as LLaMA, gated DeltaNet layers by
     their out_proj (rows for hidden, dv-wide column blocks for value heads), layers removed."""
     model = load(src)
-    cfg, layers = model.config, model.model.layers
+    _mask_qwen3_5(model.model, model.config, keep)
+    return model
+
+
+def _mask_qwen3_5(lm: torch.nn.Module, cfg: Any, keep: dict[str, Any]) -> None:
+    """Mask a Qwen3.5 language model (embed_tokens, layers) in place (see masked_qwen3_5)."""
+    layers = lm.layers
     hd, dv = cfg.head_dim, cfg.linear_value_head_dim
     with torch.no_grad():
         if "hidden" in keep:
             gone = sorted(set(range(cfg.hidden_size)) - set(keep["hidden"]))
-            model.model.embed_tokens.weight[:, gone] = 0
+            lm.embed_tokens.weight[:, gone] = 0
             for layer in layers:
                 mixer = layer.self_attn.o_proj if hasattr(layer, "self_attn") else layer.linear_attn.out_proj
                 mixer.weight[gone, :] = 0
@@ -109,12 +115,11 @@ def masked_qwen3_5(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
             if str(i) in keep.get("ffn", {}):
                 layer.mlp.down_proj.weight[:, sorted(set(range(cfg.intermediate_size)) - set(keep["ffn"][str(i)]))] = 0
     kept = keep.get("layers", list(range(cfg.num_hidden_layers)))
-    model.model.layers = torch.nn.ModuleList(layers[i] for i in kept)
-    for new, layer in enumerate(model.model.layers):
+    lm.layers = torch.nn.ModuleList(layers[i] for i in kept)
+    for new, layer in enumerate(lm.layers):
         (layer.self_attn if hasattr(layer, "self_attn") else layer.linear_attn).layer_idx = new
     cfg.layer_types = [cfg.layer_types[i] for i in kept]
     cfg.num_hidden_layers = len(kept)
-    return model
 
 
 __all__ = ["FAMILIES", "build", "build_hub_gpt2", "masked_gpt2", "masked_qwen3_5"]
@@ -140,12 +145,24 @@ def _vlm_config(kind: str) -> Any:
                                        vision_config=vision, image_token_index=IMAGE_TOKEN, spatial_merge_size=2)
 
 
+def _qwen3_5_vlm_config() -> Any:
+    import transformers
+
+    _, text = FAMILIES["qwen3_5"]
+    text = dict(text, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, vocab_size=300)
+    vision = dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2)
+    return transformers.Qwen3_5Config(text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN, video_token_id=298,
+                                      vision_start_token_id=297, vision_end_token_id=296)
+
+
 def build_vlm(path: Path, kind: str = "gemma3", seed: int = 0) -> Path:
-    """A tiny Gemma 3 (4 image tokens per image) or Mistral 3 (Pixtral) VLM, saved by transformers."""
+    """A tiny Gemma 3 (4 image tokens per image), Mistral 3 (Pixtral) or Qwen3.5 VLM, saved by transformers."""
     import transformers
 
     torch.manual_seed(seed)
-    model = transformers.AutoModelForImageTextToText.from_config(_vlm_config(kind)).eval()
+    config = _qwen3_5_vlm_config() if kind == "qwen3_5" else _vlm_config(kind)
+    model = transformers.AutoModelForImageTextToText.from_config(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name and name.endswith("weight"):
@@ -175,6 +192,11 @@ def vlm_logits(model: torch.nn.Module, images: bool) -> torch.Tensor:
         if model.config.model_type == "mistral3":
             ids[:, 1] = IMAGE_TOKEN
             kwargs["image_sizes"] = torch.tensor([[28, 28], [28, 28]])
+        elif model.config.model_type == "qwen3_5":  # 2 x 2 patches of 2 frames, merged into one token
+            ids[:, 1], ids[:, 2], ids[:, 3] = 297, IMAGE_TOKEN, 296
+            kwargs["pixel_values"] = torch.randn(8, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(2))
+            kwargs["image_grid_thw"] = torch.tensor([[1, 2, 2], [1, 2, 2]])
+            kwargs["mm_token_type_ids"] = (ids == IMAGE_TOKEN).long()
         else:
             ids[:, 1:5] = IMAGE_TOKEN
             kwargs["token_type_ids"] = (ids == IMAGE_TOKEN).long()
@@ -188,6 +210,14 @@ def masked_vlm(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
     text logits are compared); the vision tower untouched."""
     model = load_vlm(src)
     lm, cfg = model.model.language_model, model.config.text_config
+    if model.config.model_type == "qwen3_5":
+        _mask_qwen3_5(lm, cfg, keep)
+        if "hidden" in keep:
+            with torch.no_grad():
+                gone = sorted(set(range(cfg.hidden_size)) - set(keep["hidden"]))
+                model.model.visual.merger.linear_fc2.weight[gone, :] = 0
+                model.model.visual.merger.linear_fc2.bias[gone] = 0
+        return model
     hd = cfg.head_dim
     with torch.no_grad():
         if "hidden" in keep:

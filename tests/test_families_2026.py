@@ -222,3 +222,20 @@ def test_mistral3_vlm_text_is_exact_image_path_flagged(tmp_path):
     got = vlm_logits(load_vlm(tmp_path / "out"), False)
     assert (got - expected).abs().max() < 5e-5
     vlm_logits(load_vlm(tmp_path / "out"), True)  # the image path still runs
+
+
+@pytest.mark.parametrize("images", [False, True])
+def test_qwen3_5_vlm_language_model_cuts_are_exact(tmp_path, images):
+    src = build_vlm(tmp_path / "src", "qwen3_5")
+    sizes = {"hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "linear_num_value_heads": 2, "intermediate_size": 64}
+    plan = ps.run(src, tmp_path / "out", ps.PruneSpec(sizes=sizes, drop_layers=(1,)))
+    assert plan.arch.family == "qwen3_5_vlm"
+    cfg = _config(tmp_path / "out")
+    assert cfg["vision_config"]["out_hidden_size"] == cfg["text_config"]["hidden_size"] == 48
+    a, b = _tensors(src), _tensors(tmp_path / "out")
+    assert b["model.visual.merger.linear_fc2.weight"].shape == (48, 128)
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a if k.startswith("model.visual.") and ".merger.linear_fc2." not in k)
+    expected = vlm_logits(masked_vlm(src, keep_of(tmp_path / "out")), images)
+    got = vlm_logits(load_vlm(tmp_path / "out"), images)
+    assert (got - expected).abs().max() < 5e-5
+    assert not torch.allclose(got, vlm_logits(load_vlm(src), images), atol=1e-4)
