@@ -12,7 +12,6 @@ import shutil
 
 import pytest
 import torch
-from safetensors import safe_open
 
 import prune_surgery as ps
 from models import keep_of, load, logits, sample_ids
@@ -20,23 +19,12 @@ from models_families import masked_reference
 from models_families_2026 import (build, build_vlm, build_hub_gpt2, load_vlm, masked_vlm, masked_gpt2,
                                   masked_qwen3_5, vlm_logits)
 from prune_surgery.errors import SpecError
+from test_families import _config, _tensors
 
 NEW = ("gpt2", "smollm3", "olmo2", "olmo3", "qwen3_5")
 MASKED = {"gpt2": masked_gpt2, "qwen3_5": masked_qwen3_5}
 LLAMA_LIKE = {"smollm3": {"hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64},
               "olmo2": {"hidden_size": 48, "intermediate_size": 64}, "olmo3": {"hidden_size": 48, "intermediate_size": 64}}
-
-
-def _tensors(folder):
-    out = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(shard), "np") as f:
-            out.update({key: f.get_tensor(key) for key in f.keys()})
-    return out
-
-
-def _config(folder):
-    return json.loads((folder / "config.json").read_text())
 
 
 @pytest.fixture(scope="module")
