@@ -89,6 +89,8 @@ class Architecture:
     require: tuple[dict[str, Any], ...]
     layer_steps: tuple[dict[str, Any], ...] = ()
     layer_patterns: tuple[dict[str, Any], ...] = ()
+    layer_dicts: tuple[str, ...] = ()  # `layer_config.dicts`: {"<layer>": ...} config dicts, renumbered
+    layer_shared_tails: tuple[dict[str, Any], ...] = ()  # `layer_config.shared_tail` (KV sharing)
     approximate: str = ""
     alias_roles: tuple[TensorRole, ...] = ()  # the same roles under another stored layout (`aliases`)
 
@@ -240,6 +242,8 @@ def load_architecture(family: str) -> Architecture:
         require=tuple(t.get("require", [])),
         layer_steps=tuple(layer_config.get("steps", [])),
         layer_patterns=tuple(layer_config.get("patterns", [])),
+        layer_dicts=_list(layer_config.get("dicts")),
+        layer_shared_tails=tuple(layer_config.get("shared_tail", [])),
         approximate=str(t.get("approximate", "")),
         alias_roles=alias_roles,
     )

@@ -100,6 +100,8 @@ def _axis_index(arch: Architecture, role: TensorRole, axis: int, binding: dict[s
         if seg.space in arch.spaces:
             units, width = sizes[seg.space], unit_size(arch, seg.space, sizes, seg.multiplier)
             chosen = kept(keep, seg.space, scope)
+            if chosen is not None and len(chosen) == units and list(chosen) == list(range(units)):
+                chosen = None  # every unit in order (all layers kept): an unchanged axis
         else:
             units, width, chosen = 1, int(seg.space) if seg.space.isdigit() else sizes[seg.space], None
         if chosen is None:
@@ -203,7 +205,11 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
             raise ArchitectureError(f"{ref.name} has shape {list(ref.shape)} but the {arch.family} table expects {len(role.axes)} axes")
         index, shape = [], []
         for axis in range(len(role.axes)):
-            length, idx = _axis_index(arch, role, axis, binding, keep, sizes, axis_cache)
+            segments = role.axes[axis]
+            if len(segments) == 1 and arch.dims.get(segments[0].space, {}).get("free"):
+                length, idx = ref.shape[axis], None  # a `free` dim: whatever the tensor holds, kept whole
+            else:
+                length, idx = _axis_index(arch, role, axis, binding, keep, sizes, axis_cache)
             if ref.shape[axis] != length:
                 raise ArchitectureError(
                     f"{ref.name} has {ref.shape[axis]} elements on axis {axis} but config.json implies {length}; the config does not match the weights"

@@ -89,7 +89,7 @@ def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, 
     for rule in arch.require:
         kind = next(k for k in RULES if k in rule)
         (a, va), (b, vb) = (_operand(arch, sizes, targets, x) for x in rule[kind])
-        broken = {"divides": vb % va != 0, "at_most": va > vb, "equals": va != vb}[kind]
+        broken = {"divides": lambda: va == 0 or vb % va != 0, "at_most": lambda: va > vb, "equals": lambda: va != vb}[kind]()
         if broken:
             relation = {"divides": "must divide", "at_most": "must be at most", "equals": "must equal"}[kind]
             raise SpecError(f"{a}={va} {relation} {b}={vb}: {rule.get('why', 'required by the ' + arch.family + ' table')}")

@@ -61,6 +61,8 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
         raise ArchitectureError(f"config.json has no {arch.spaces[name].keys[0]!r} (needed for the {name} space of {arch.family})")
     for name, dim in arch.dims.items():
         value = config_get(config, dim["key"], None) if dim.get("key") else None
+        if dim.get("free"):  # its length is read from each tensor (plan.py)
+            continue
         if value is None and "product" in dim:  # `product: [a, b, b]`: dims listed before it, multiplied
             value = 1
             for factor in dim["product"]:

@@ -36,10 +36,10 @@ def apply_layout(table: dict[str, Any], family: str) -> dict[str, Any]:
         t["spaces"] = {n: {**s, "key": _prefixed(s["key"], prefix)} for n, s in t.get("spaces", {}).items()}
         t["dims"] = {n: {**d, "key": _prefixed(d["key"], prefix)} if d.get("key") else d for n, d in t.get("dims", {}).items()}
         config = dict(t.get("layer_config", {}))
-        for kind in ("lists", "counts", "ids"):
+        for kind in ("lists", "counts", "ids", "dicts"):
             if kind in config:
                 config[kind] = _prefixed(config[kind], prefix)
-        for kind, fields in (("steps", ("step", "ids")), ("patterns", ("list", "step"))):
+        for kind, fields in (("steps", ("step", "ids")), ("patterns", ("list", "step")), ("shared_tail", ("count", "by"))):
             config[kind] = [{**r, **{f: _prefixed(r[f], prefix) for f in fields if r.get(f)}} for r in config.get(kind, [])]
         t["layer_config"] = config  # `tie` stays top-level: transformers ties a composite model by its own config
     return t

@@ -16,7 +16,7 @@ import torch
 import prune_surgery as ps
 from models import keep_of, load, logits, sample_ids
 from models_families import masked_reference
-from models_families_2026 import (build, build_vlm, build_hub_gpt2, load_vlm, masked_vlm, masked_gpt2,
+from models_families_2026 import (build, build_gemma4, build_vlm, build_hub_gpt2, load_vlm, masked_gemma4, masked_vlm, masked_gpt2,
                                   masked_qwen3_5, vlm_logits)
 from prune_surgery.errors import SpecError
 from test_families import _config, _tensors
@@ -227,3 +227,48 @@ def test_qwen3_5_vlm_language_model_cuts_are_exact(tmp_path, images):
     got = vlm_logits(load_vlm(tmp_path / "out"), images)
     assert (got - expected).abs().max() < 5e-5
     assert not torch.allclose(got, vlm_logits(load_vlm(src), images), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def gemma4(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gemma4")
+    return {v: build_gemma4(root / v, v) for v in ("dense", "ple_shared")}
+
+
+def _gemma4_error(src, out):
+    expected = logits(masked_gemma4(src, keep_of(out)), sample_ids())
+    got = logits(load(out), sample_ids())
+    assert not torch.allclose(got, logits(load(src), sample_ids()), atol=1e-4)
+    return (got - expected).abs().max().item()
+
+
+@pytest.mark.parametrize("variant", ["dense", "ple_shared"])
+def test_gemma4_keep_everything_is_byte_identical(gemma4, tmp_path, variant):
+    plan = ps.run(gemma4[variant], tmp_path / "out", ps.PruneSpec())
+    assert plan.arch.family == "gemma4" and all(t.identity for t in plan.tensors)
+    a, b = _tensors(gemma4[variant]), _tensors(tmp_path / "out")
+    assert set(a) == set(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+@pytest.mark.parametrize("variant", ["dense", "ple_shared"])
+def test_gemma4_width_and_depth_are_exact(gemma4, tmp_path, variant):
+    src = gemma4[variant]
+    plan = ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"hidden_size": 48, "intermediate_size": 64}, drop_layers=(2,)))
+    cfg, old = _config(tmp_path / "out"), _config(src)
+    assert cfg["per_layer_config"] == {"1": old["per_layer_config"]["1"], "2": old["per_layer_config"]["3"]}
+    assert cfg["rms_norm_eps"] == old["rms_norm_eps"]
+    if variant == "ple_shared":
+        assert cfg["num_kv_shared_layers"] == 1  # layer 2 was a consumer; layer 3 still is
+        out = _tensors(tmp_path / "out")
+        assert out["model.embed_tokens_per_layer.weight"].shape == (128, 3 * 16)
+        assert out["model.per_layer_model_projection.weight"].shape == (3 * 16, 48)
+        assert "model.layers.2.self_attn.k_proj.weight" not in out
+    assert _gemma4_error(src, tmp_path / "out") < 5e-5
+    assert plan.new_config["num_hidden_layers"] == 3
+
+
+def test_gemma4_kv_producer_drop_and_heads_are_refused(gemma4):
+    with pytest.raises(SpecError, match="produces the KV cache"):
+        ps.plan(gemma4["ple_shared"], ps.PruneSpec(drop_layers=(1,)))
+    with pytest.raises(SpecError, match="not a prunable size of gemma4"):
+        ps.plan(gemma4["dense"], ps.PruneSpec(sizes={"num_attention_heads": 4}))
