@@ -43,6 +43,7 @@ class TensorRole:
     residual: str = ""  # "write": adds into the residual stream; "read": reads it raw (see plan._rescale)
     embed_scale: bool = False  # the model multiplies it by sqrt(hidden_size) at run time (Gemma)
     copy: bool = False  # `copy: true`: every tensor under the name prefix, copied as is (a vision tower)
+    only: tuple[str, str] | None = None  # `only: {list: layer_types, is: x}`: exactly on the layers of type x
 
     @property
     def placeholders(self) -> tuple[str, ...]:
@@ -211,6 +212,7 @@ def load_architecture(family: str) -> Architecture:
             role, entry["name"], axes, norm in (True, "final"), bool(entry.get("optional")),
             entry.get("tied_to"), _compile(entry["name"], bool(entry.get("copy"))), norm == "final" or bool(entry.get("feeds_head")),
             residual, bool(entry.get("embed_scale")), bool(entry.get("copy")),
+            (entry["only"]["list"], entry["only"]["is"]) if entry.get("only") else None,
         )
     if t.get("norm", "rms") not in NORM_OFFSETS:
         raise ArchitectureError(f"table {family}: norm must be one of {', '.join(NORM_OFFSETS)}")

@@ -24,7 +24,7 @@ from .keepfile import Keep, kept
 from .score import compute_scores
 from .select import check_targets, select_keep, targets_and_layers
 from .sink import OutTensor, ShardLayout, layout_shards
-from .sizes import is_tied, source_sizes, unit_size
+from .sizes import config_get, is_tied, source_sizes, unit_size
 from .spec import PruneSpec, dump_json
 
 BLOCK_BYTES = 16 << 20
@@ -223,7 +223,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         itemsize = ref.nbytes // max(ref.numel, 1) if ref.numel else 0
         out = OutTensor(name, ref.dtype, tuple(shape), math.prod(shape) * itemsize)
         tensors.append(TensorPlan(ref, out, role.role, tuple(index), rescale, rows_pad, offset))
-    _check_required(arch, sizes, seen, tied)
+    _check_required(arch, sizes, seen, tied, config)
 
     vocab_rows = targets.get("vocab", 0) + pad
     new_config = rewrite_config(arch, config, sizes, targets, keep, vocab_rows)
@@ -276,9 +276,11 @@ def _stream_factor(role: TensorRole, inverse_c: float) -> float:
     return factor * inverse_c if role.embed_scale else factor
 
 
-def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], tied: bool) -> None:
+def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], tied: bool, config: dict[str, Any]) -> None:
     for role in arch.roles.values():
-        if role.optional or role.copy or (role.tied_to and tied):
+        if role.only:
+            _check_layer_typed(arch, role, seen, config)
+        if role.optional or role.copy or role.only or (role.tied_to and tied):
             continue
         ranges = [range(sizes[arch.placeholders[p]]) for p in role.placeholders]
         present = sum(1 for s in seen if s[0] == role.role)
@@ -293,6 +295,20 @@ def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], t
             if (role.role, binding) not in seen:
                 name = role.template.format(**dict(binding))
                 raise ArchitectureError(f"required tensor {name!r} is missing from the checkpoint")
+
+
+def _check_layer_typed(arch: Architecture, role: TensorRole, seen: set[Any], config: dict[str, Any]) -> None:
+    """A role marked `only: {list: layer_types, is: x}` must be on exactly the layers of type x."""
+    key, kind = role.only  # type: ignore[misc]
+    types = config_get(config, key, None)
+    if not isinstance(types, list):
+        raise ArchitectureError(f"config.json has no {key!r} list, which says which layers hold {role.template!r}")
+    present = {dict(s[1]).get("layer") for s in seen if s[0] == role.role}
+    for layer, layer_type in enumerate(types):
+        name = role.template.format(layer=layer)
+        if (layer_type == kind) != (layer in present):
+            state = "is missing from" if layer_type == kind else f"is in (but {key}[{layer}] is {layer_type!r}, not {kind!r})"
+            raise ArchitectureError(f"tensor {name!r} {state} the checkpoint; config.json and the weights disagree")
 
 
 def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:

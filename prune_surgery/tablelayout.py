@@ -6,7 +6,7 @@ config (`text_config.hidden_size`).  Two table entries say so, applied to the re
 (own and inherited entries alike) before it becomes an Architecture:
 
 - `config_prefix: text_config.`: every config key the table names (space and dim keys,
-  `layer_config`) is read and written under that prefix (dotted keys, see sizes.py), except
+  `layer_config`, tensors' `only`) is read and written under that prefix (dotted keys, see sizes.py), except
   keys that are dotted already (`vision_config.hidden_size`) and `tie`, which transformers
   reads from the top-level config of a composite model;
 - `rename: [{from: "model.", to: "language_model.model."}]`: every tensor name template and
@@ -42,6 +42,8 @@ def apply_layout(table: dict[str, Any], family: str) -> dict[str, Any]:
         for kind, fields in (("steps", ("step", "ids")), ("patterns", ("list", "step")), ("shared_tail", ("count", "by"))):
             config[kind] = [{**r, **{f: _prefixed(r[f], prefix) for f in fields if r.get(f)}} for r in config.get(kind, [])]
         t["layer_config"] = config  # `tie` stays top-level: transformers ties a composite model by its own config
+        t["tensors"] = {r: {**e, "only": {**e["only"], "list": _prefixed(e["only"]["list"], prefix)}} if e.get("only") else e
+                        for r, e in t.get("tensors", {}).items()}
     return t
 
 

@@ -18,7 +18,7 @@ from models import keep_of, load, logits, sample_ids
 from models_families import masked_reference
 from models_families_2026 import (build, build_gemma4, build_vlm, build_hub_gpt2, load_vlm, masked_gemma4, masked_vlm, masked_gpt2,
                                   masked_qwen3_5, vlm_logits)
-from prune_surgery.errors import SpecError
+from prune_surgery.errors import ArchitectureError, SpecError
 from test_families import _config, _tensors
 
 NEW = ("gpt2", "smollm3", "olmo2", "olmo3", "qwen3_5")
@@ -272,3 +272,13 @@ def test_gemma4_kv_producer_drop_and_heads_are_refused(gemma4):
         ps.plan(gemma4["ple_shared"], ps.PruneSpec(drop_layers=(1,)))
     with pytest.raises(SpecError, match="not a prunable size of gemma4"):
         ps.plan(gemma4["dense"], ps.PruneSpec(sizes={"num_attention_heads": 4}))
+
+
+def test_qwen3_5_layer_types_must_match_the_tensor_sets(ckpts, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(ckpts["qwen3_5"], src)
+    cfg = _config(src)
+    cfg["layer_types"] = ["full_attention", "linear_attention", "linear_attention", "full_attention"]  # 0 and 1 swapped
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArchitectureError, match="layers.0.self_attn.q_proj.weight' is missing .* disagree"):
+        ps.plan(src, ps.PruneSpec())
