@@ -282,3 +282,17 @@ def test_qwen3_5_layer_types_must_match_the_tensor_sets(ckpts, tmp_path):
     (src / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ArchitectureError, match="layers.0.self_attn.q_proj.weight' is missing .* disagree"):
         ps.plan(src, ps.PruneSpec())
+
+
+def test_a_table_still_using_hidden_scale_is_refused_with_a_pointer(monkeypatch):
+    """Tables written for the earlier hidden rule fail loudly instead of pruning wrongly."""
+    from prune_surgery import arch
+
+    old = {"fam": {"extends": "llama", "model_types": ["fam"], "tensors": {"q_proj": {"hidden_scale": True}}}}
+    monkeypatch.setattr(arch, "raw_tables", lambda: {**arch.raw_tables.__wrapped__(), **old})
+    arch.load_architecture.cache_clear()
+    try:
+        with pytest.raises(ArchitectureError, match="hidden_scale` is gone.*residual: write"):
+            arch.load_architecture("fam")
+    finally:
+        arch.load_architecture.cache_clear()
