@@ -289,7 +289,8 @@ def test_a_table_still_using_hidden_scale_is_refused_with_a_pointer(monkeypatch)
     from prune_surgery import arch
 
     old = {"fam": {"extends": "llama", "model_types": ["fam"], "tensors": {"q_proj": {"hidden_scale": True}}}}
-    monkeypatch.setattr(arch, "raw_tables", lambda: {**arch.raw_tables.__wrapped__(), **old})
+    tables = {**arch.raw_tables(), **old}
+    monkeypatch.setattr(arch, "raw_tables", lambda: tables)
     arch.load_architecture.cache_clear()
     try:
         with pytest.raises(ArchitectureError, match="hidden_scale` is gone.*residual: write"):
