@@ -24,7 +24,7 @@ from .keepfile import Keep, kept
 from .score import compute_scores
 from .select import check_targets, select_keep, targets_and_layers
 from .sink import OutTensor, ShardLayout, layout_shards
-from .sizes import is_tied, source_sizes, unit_size
+from .sizes import config_get, is_tied, source_sizes, unit_size
 from .spec import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, PruneSpec, dump_json
 
 BLOCK_BYTES = 16 << 20
@@ -106,8 +106,10 @@ def _axis_index(arch: Architecture, role: TensorRole, axis: int, binding: dict[s
     offset, pruned = 0, False
     for seg, scope in zip(role.axes[axis], scopes):
         if seg.space in arch.spaces:
-            units, width = sizes[seg.space], unit_size(arch, seg.space, sizes) * seg.multiplier
+            units, width = sizes[seg.space], unit_size(arch, seg.space, sizes, seg.multiplier)
             chosen = kept(keep, seg.space, scope)
+            if chosen is not None and len(chosen) == units and list(chosen) == list(range(units)):
+                chosen = None  # every unit in order (all layers kept): an unchanged axis
         else:
             units, width, chosen = 1, int(seg.space) if seg.space.isdigit() else sizes[seg.space], None
         if chosen is None:
@@ -213,15 +215,23 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         params_before += ref.numel
         role, binding = claim
         seen.add((role.role, tuple(sorted(binding.items()))))
-        name = _new_name(arch, role, binding, keep)
+        name = ref.name if role.copy else _new_name(arch, role, binding, keep)
         if name is None or (role.tied_to and tied):
             dropped.append(ref.name)
+            continue
+        if role.copy:  # a part the tables keep whole (a vision tower): its bytes as they are
+            out = OutTensor(name, ref.dtype, tuple(ref.shape), ref.nbytes)
+            tensors.append(TensorPlan(ref, out, role.role, (None,) * len(ref.shape)))
             continue
         if len(ref.shape) != len(role.axes):
             raise ArchitectureError(f"{ref.name} has shape {list(ref.shape)} but the {arch.family} table expects {len(role.axes)} axes")
         index, shape = [], []
         for axis in range(len(role.axes)):
-            length, idx = _axis_index(arch, role, axis, binding, keep, sizes, axis_cache)
+            segments = role.axes[axis]
+            if len(segments) == 1 and arch.dims.get(segments[0].space, {}).get("free"):
+                length, idx = ref.shape[axis], None  # a `free` dim: whatever the tensor holds, kept whole
+            else:
+                length, idx = _axis_index(arch, role, axis, binding, keep, sizes, axis_cache)
             if ref.shape[axis] != length:
                 raise ArchitectureError(
                     f"{ref.name} has {ref.shape[axis]} elements on axis {axis} but config.json implies {length}; the config does not match the weights"
@@ -235,10 +245,10 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         itemsize = ref.nbytes // max(ref.numel, 1) if ref.numel else 0
         out = OutTensor(name, ref.dtype, tuple(shape), math.prod(shape) * itemsize)
         tensors.append(TensorPlan(ref, out, role.role, tuple(index), rescale, rows_pad, offset))
-    _check_required(arch, sizes, seen, tied)
+    _check_required(arch, sizes, seen, tied, config)
 
     vocab_rows = targets.get("vocab", 0) + pad
-    new_config = rewrite_config(arch, config, sizes, targets, keep, spec.norm_rescale, vocab_rows)
+    new_config = rewrite_config(arch, config, sizes, targets, keep, vocab_rows)
     if "vocab" in keep:
         from .vocab import remap_token_ids
 
@@ -280,29 +290,39 @@ def _activation_scores(spec: PruneSpec, config: dict[str, Any]) -> Any:
 def _rescale(arch: Architecture, role: TensorRole, hidden_scale: float, tied: bool) -> float | None:
     """The factor that keeps hidden pruning exact for this tensor, or None.
 
-    An RMSNorm over d' channels needs its weight times sqrt(d/d') (`norm: true`) and its eps
-    times d/d' (configedit).  `hidden_scale: true` marks a tensor that needs the same factor for
-    another reason: the model multiplies it by sqrt(hidden_size) at run time (Gemma's
-    embedding), or it feeds a head_dim norm that shares the rescaled eps (q/k_proj before
-    q_norm/k_norm: RMSNorm(c*x) with eps*c^2 equals RMSNorm(x) with eps).  A `norm: final`
-    norm feeds the lm_head: when the lm_head is tied to a `hidden_scale` embedding it already
-    carries the factor, so the norm needs none.
+    Every eps stays as it is; instead the residual stream is scaled by c = sqrt(d'/d)
+    (`hidden_scale` is 1/c): an RMSNorm over the d' kept channels of c*x then equals
+    c * RMSNorm(x) over d with x's pruned channels zero.  So what adds into the stream
+    (`residual: write`: embeddings, o_proj, down_proj, their biases) is multiplied by c,
+    what reads it raw (`residual: read`, OLMo's projections) by 1/c, and a norm that
+    reads it (`norm: true`, `norm: final`) has its weight (or 1 + w) multiplied by 1/c; a
+    norm whose output adds into the stream (`norm: post`) reads c * y and writes c * norm(y)
+    unchanged.  `embed_scale` (the model multiplies by sqrt(hidden_size), which becomes
+    sqrt(d')) adds 1/c.  A tied lm_head is the embedding: it carries the embedding's factor,
+    which what feeds the lm_head (`norm: final`, `feeds_head`: a LayerNorm bias) divides out.
     """
     if hidden_scale == 1.0:
         return None
-    factor = 1.0
-    if role.norm or role.hidden_scale:
-        factor = hidden_scale
+    factor = _stream_factor(role, hidden_scale)
     if role.norm_final and tied:
         head = next((r for r in arch.roles.values() if r.tied_to), None)
-        if head is not None and head.tied_to in arch.roles and arch.roles[head.tied_to].hidden_scale:
-            factor /= hidden_scale
+        if head is not None and head.tied_to in arch.roles:
+            factor /= _stream_factor(arch.roles[head.tied_to], hidden_scale)
     return None if factor == 1.0 else factor
 
 
-def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], tied: bool) -> None:
+def _stream_factor(role: TensorRole, inverse_c: float) -> float:
+    """The residual-stream rule's factor for one tensor (see _rescale), before tying."""
+    factor = inverse_c if role.norm else 1.0
+    factor *= {"write": 1 / inverse_c, "read": inverse_c}.get(role.residual, 1.0)
+    return factor * inverse_c if role.embed_scale else factor
+
+
+def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], tied: bool, config: dict[str, Any]) -> None:
     for role in arch.roles.values():
-        if role.optional or (role.tied_to and tied):
+        if role.only:
+            _check_layer_typed(arch, role, seen, config)
+        if role.optional or role.copy or role.only or (role.tied_to and tied):
             continue
         ranges = [range(sizes[arch.placeholders[p]]) for p in role.placeholders]
         present = sum(1 for s in seen if s[0] == role.role)
@@ -317,6 +337,20 @@ def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], t
             if (role.role, binding) not in seen:
                 name = role.template.format(**dict(binding))
                 raise ArchitectureError(f"required tensor {name!r} is missing from the checkpoint")
+
+
+def _check_layer_typed(arch: Architecture, role: TensorRole, seen: set[Any], config: dict[str, Any]) -> None:
+    """A role marked `only: {list: layer_types, is: x}` must be on exactly the layers of type x."""
+    key, kind = role.only  # type: ignore[misc]
+    types = config_get(config, key, None)
+    if not isinstance(types, list):
+        raise ArchitectureError(f"config.json has no {key!r} list, which says which layers hold {role.template!r}")
+    present = {dict(s[1]).get("layer") for s in seen if s[0] == role.role}
+    for layer, layer_type in enumerate(types):
+        name = role.template.format(layer=layer)
+        if (layer_type == kind) != (layer in present):
+            state = "is missing from" if layer_type == kind else f"is in (but {key}[{layer}] is {layer_type!r}, not {kind!r})"
+            raise ArchitectureError(f"tensor {name!r} {state} the checkpoint; config.json and the weights disagree")
 
 
 def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
@@ -343,6 +377,8 @@ def _warnings(plan: Plan, pad: int) -> list[str]:
         if plan.arch.norm == "layernorm":
             notes.append("hidden pruning under LayerNorm is approximate: the mean and variance change; expect to recover by training"
                          + (f" ({plan.arch.approximate})" if plan.arch.approximate else ""))
+        elif plan.arch.approximate:
+            notes.append(f"hidden pruning is approximate for {plan.arch.family}: {plan.arch.approximate}")
         elif not plan.spec.norm_rescale:
             notes.append("--no-norm-rescale: RMSNorm now averages over fewer channels, so outputs differ from the masked original")
     if pad:

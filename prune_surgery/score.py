@@ -40,7 +40,7 @@ def compute_scores(
             for a, axis in wanted:
                 offset = 0
                 for seg in axis:
-                    size = sizes[seg.space] * unit_size(arch, seg.space, sizes) * seg.multiplier if seg.space in arch.spaces else sizes.get(seg.space, 0)
+                    size = sizes[seg.space] * unit_size(arch, seg.space, sizes, seg.multiplier) if seg.space in arch.spaces else sizes.get(seg.space, 0)
                     if seg.space in spaces:
                         space = arch.spaces[seg.space]
                         key = ".".join(str(binding[p]) for p in space.per)

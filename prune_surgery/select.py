@@ -26,6 +26,8 @@ Scores = Callable[[str, str], np.ndarray]
 def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) -> dict[str, int]:
     """Target size of every space, from the spec's config-keyed sizes (unlisted: unchanged)."""
     by_key = {key: name for name, space in arch.spaces.items() for key in space.keys}
+    # a nested key (`text_config.hidden_size` of a VLM) is also given by its last part (`--hidden-size`)
+    by_key.update({k.rsplit(".", 1)[1]: n for k, n in list(by_key.items()) if "." in k and k.rsplit(".", 1)[1] not in by_key})
     targets = {name: sizes[name] for name in arch.spaces}
     for key, value in spec.sizes.items():
         if key in arch.dims or key == "head_dim":
@@ -88,7 +90,7 @@ def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, 
     for rule in arch.require:
         kind = next(k for k in RULES if k in rule)
         (a, va), (b, vb) = (_operand(arch, sizes, targets, x) for x in rule[kind])
-        broken = {"divides": vb % va != 0, "at_most": va > vb, "equals": va != vb}[kind]
+        broken = {"divides": lambda: va == 0 or vb % va != 0, "at_most": lambda: va > vb, "equals": lambda: va != vb}[kind]()
         if broken:
             relation = {"divides": "must divide", "at_most": "must be at most", "equals": "must equal"}[kind]
             raise SpecError(f"{a}={va} {relation} {b}={vb}: {rule.get('why', 'required by the ' + arch.family + ' table')}")

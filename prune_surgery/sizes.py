@@ -50,8 +50,9 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
     for _ in range(len(pending) + 1):
         for name, space in list(pending.items()):
             value = config_get(config, space_key(arch, name, config), None)
-            if value is None and space.default in sizes:
-                value = sizes[space.default]
+            base, _, times = (space.default or "").partition("*")  # `default: hidden*4` (GPT-2's n_inner)
+            if value is None and base in sizes:
+                value = sizes[base] * int(times or 1)
             if value is not None:
                 sizes[name] = _size(value, space_key(arch, name, config))
                 del pending[name]
@@ -60,6 +61,12 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
         raise ArchitectureError(f"config.json has no {arch.spaces[name].keys[0]!r} (needed for the {name} space of {arch.family})")
     for name, dim in arch.dims.items():
         value = config_get(config, dim["key"], None) if dim.get("key") else None
+        if dim.get("free"):  # its length is read from each tensor (plan.py)
+            continue
+        if value is None and "product" in dim:  # `product: [a, b, b]`: dims listed before it, multiplied
+            value = 1
+            for factor in dim["product"]:
+                value *= sizes[factor]
         if value is None:
             default = dim.get("default")
             if isinstance(default, list):
@@ -82,10 +89,12 @@ def _size(value: Any, key: str) -> int:
     return int(value)
 
 
-def unit_size(arch: Architecture, space: str, sizes: dict[str, int]) -> int:
-    """Elements per unit of a space along an axis (e.g. head_dim rows per head)."""
+def unit_size(arch: Architecture, space: str, sizes: dict[str, int], multiplier: int | str = 1) -> int:
+    """Elements per unit of a space along an axis (e.g. head_dim rows per head), times an axis
+    segment's multiplier (an integer or a fixed dim's name)."""
     unit = arch.spaces[space].unit if space in arch.spaces else 1
-    return sizes[unit] if isinstance(unit, str) else int(unit)
+    times = sizes[multiplier] if isinstance(multiplier, str) else multiplier
+    return (sizes[unit] if isinstance(unit, str) else int(unit)) * times
 
 
 def is_tied(arch: Architecture, config: dict[str, Any]) -> bool:

@@ -3,7 +3,7 @@
 Tensors are visited in input (shard, offset) order; large tensors go in row blocks so the
 working memory stays near `block_bytes` whatever the model size.  Raw elements are moved
 as unsigned ints of the dtype's width (no dtype round trip); only rescaled tensors (norm
-weights, and what a table marks `hidden_scale`) see arithmetic, in float32 with
+weights, and what a table marks `residual` or `embed_scale`) see arithmetic, in float32 with
 round-to-nearest-even back to the storage dtype.
 """
 
@@ -32,8 +32,12 @@ Progress = Callable[[int], None]
 def _rescaled(block: np.ndarray, tp: TensorPlan) -> np.ndarray:
     """(w + offset) * scale - offset in float32, rounded back to the storage dtype (one block)."""
     offset, scale = np.float32(tp.rescale_offset), np.float32(tp.rescale)
-    values = to_float32(block, tp.source.dtype)
-    values = (values + offset) * scale - offset if offset else values * scale
+    values = to_float32(block, tp.source.dtype)  # a fresh array: computed in place (one float32 copy)
+    if offset:
+        values += offset
+    values *= scale
+    if offset:
+        values -= offset
     return from_float32(values, tp.source.dtype).reshape(block.shape)
 
 

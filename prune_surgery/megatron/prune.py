@@ -105,16 +105,24 @@ class _RankSlicer:
         ckpt, hidden = self.ckpt, self.hidden
         dtype = ckpt.dtype(role, layer)
         if role in ("input_norm", "mlp_norm", "final_norm"):
-            out = ckpt.norm(role, layer)[hidden]
-            if self.scale is not None:
-                out = from_float32(to_float32(out, dtype) * np.float32(self.scale), dtype)
-            return from_raw(out, dtype)
+            return from_raw(self._scaled(ckpt.norm(role, layer)[hidden], role, dtype), dtype)
         raw = ckpt.raw(rank, role, layer)
         if role in ("embedding", "output"):
-            return from_raw(raw[:, hidden], dtype)
+            return from_raw(self._scaled(raw[:, hidden], role, dtype), dtype)
         index = local[layer][role]  # type: ignore[index]
         picked = raw[np.ix_(index, hidden)] if role in ("qkv", "fc1") else raw[np.ix_(hidden, index)]
-        return from_raw(picked, dtype)
+        return from_raw(self._scaled(picked, role, dtype), dtype)
+
+    def _scaled(self, raw: np.ndarray, role: str, dtype: str) -> np.ndarray:
+        """The engine's residual-stream rule (plan._rescale), `self.scale` = sqrt(d/d') = 1/c:
+        what writes the stream (embedding, proj, fc2) times c, the norms reading it times 1/c,
+        the final norm once more when the output layer is the (scaled) embedding."""
+        if self.scale is None or role in ("qkv", "fc1") or (role == "output" and not self.ckpt.tied):
+            return raw
+        factor = 1 / self.scale if role in ("embedding", "output", "proj", "fc2") else self.scale
+        if role == "final_norm" and self.ckpt.tied:
+            factor /= 1 / self.scale
+        return from_float32(to_float32(raw, dtype) * np.float32(factor), dtype)
 
 
 def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: bool = True,
@@ -123,10 +131,11 @@ def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: 
 
     Refuses (SpecError) spaces it cannot prune in Megatron form (vocab, experts), per-layer
     sizes that differ between layers, and selections that keep a different number of kv
-    groups or ffn neurons on different TP ranks.  Hidden pruning rescales RMSNorm weights by
-    sqrt(d/d') and the norm epsilon by d/d' unless `norm_rescale` is false.  A torch_dist
-    checkpoint is pruned as one whole-model rank and written as torch_dist; `train_tp` is the
-    TP size its ``train_args.sh`` names (the pruned sizes must divide by it; ignored for rank files).
+    groups or ffn neurons on different TP ranks.  Hidden pruning keeps the norm epsilon and
+    scales the residual stream by sqrt(d'/d) (the engine's rule, plan._rescale) unless
+    `norm_rescale` is false.  A torch_dist checkpoint is pruned as one whole-model rank and
+    written as torch_dist; `train_tp` is the TP size its ``train_args.sh`` names (the pruned
+    sizes must divide by it; ignored for rank files).
     """
     keep = normalize_keep(keep)
     unknown = sorted(set(keep) - set(SPACES))
@@ -146,7 +155,7 @@ def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: 
     out_tp = (train_tp or 1) if ckpt.location.dist else tp  # rank files keep their TP size
     shapes.check_tp(out_tp)
     rescale = norm_rescale and shapes.hidden != s.hidden
-    eps = float(ckpt.eps) * s.hidden / shapes.hidden if rescale else ckpt.eps
+    eps = ckpt.eps
     slicer = _RankSlicer(ckpt, layers, hidden, per_layer, math.sqrt(s.hidden / shapes.hidden) if rescale else None)
     check_output(Path(out), ckpt.location.root, overwrite)
     iteration = ckpt.location.iteration
