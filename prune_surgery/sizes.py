@@ -77,7 +77,8 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
                 value = sizes[default]
             else:
                 raise ArchitectureError(f"config.json has no {dim.get('key')!r}, needed by {arch.family}")
-        sizes[name] = _size(value, str(dim.get("key") or name))
+        # a fixed dim may be a flag (use_double_wide_mlp: a table's `require` rules read it as 0 or 1)
+        sizes[name] = int(value) if isinstance(value, bool) else _size(value, str(dim.get("key") or name))
     return sizes
 
 
