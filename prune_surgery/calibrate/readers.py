@@ -46,6 +46,8 @@ class Reader:
 
 def _segments(arch: Architecture, axis: tuple, binding: dict[str, int], sizes: dict[str, int]) -> tuple[Segment, ...]:
     out, offset = [], 0
+    if any(s.space not in arch.spaces and s.space not in sizes and not s.space.isdigit() for s in axis):
+        return ()  # a `free` dim (sized by the tensor itself) carries no prunable space here
     for seg in axis:
         if seg.space in arch.spaces:
             units, width = sizes[seg.space], unit_size(arch, seg.space, sizes, seg.multiplier)
