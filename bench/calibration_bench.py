@@ -176,6 +176,9 @@ def markdown(results: dict) -> str:
               f"Speed: streamed calibration {s['streamed_s']:.1f} s, in-memory hooks on the whole model {s['inmemory_s']:.1f} s "
               f"(same windows, same threads): ratio **{s['ratio']:.2f}**.", ""]
     if results.get("memory"):
+        if results["args"].get("memory_only"):
+            lines += ["Memory rerun with `--memory --memory-only` (the quality and speed figures above are from the full run "
+                      "`python bench/calibration_bench.py --memory`, kept from the previous results).", ""]
         lines += ["| calibrate on | windows x tokens | peak RSS | bound (2 x layer f32 + stream + 1 GiB) | within |", "|---|---|---:|---:|---|"]
         for label, m in results["memory"].items():
             lines.append(f"| {label} | {m['windows']} x {m['seq_len']} | {m['peak_rss_bytes'] / 2**30:.2f} GiB | "
