@@ -123,6 +123,13 @@ class Shapes:
         """Query heads per query group."""
         return self.heads // self.groups
 
+    def params(self, tied: bool) -> int:
+        """Parameters of the model: QKV, projection, SwiGLU fc1/fc2 and two norms per layer; embedding,
+        output layer (untied) and final norm."""
+        qkv = (self.heads + 2 * self.groups) * self.head_dim * self.hidden
+        layer = qkv + self.hidden * self.heads * self.head_dim + 3 * self.ffn * self.hidden + 2 * self.hidden
+        return self.layers * layer + self.padded_vocab * self.hidden * (1 if tied else 2) + self.hidden
+
     def segment_length(self, role: str) -> int:
         """Length of one segment of `role` along its split axis (whole model)."""
         return {

@@ -125,6 +125,14 @@ class _RankSlicer:
         return from_float32(to_float32(raw, dtype) * np.float32(factor), dtype)
 
 
+def _needed_bytes(ckpt: Any, before: Shapes, after: Shapes) -> int:
+    """Bytes the pruned checkpoint will take: the source's files scaled by the parameters kept
+    (each file holds its tensors and a little pickle framing, so the ratio carries over), plus 1 MiB."""
+    files = [f for p in ckpt.location.rank_files for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()]
+    total = sum(f.stat().st_size for f in files)
+    return int(total * after.params(ckpt.tied) / max(before.params(ckpt.tied), 1)) + (1 << 20)
+
+
 def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: bool = True,
                    train_tp: int | None = None, overwrite: bool = False) -> None:
     """Apply the kept indices `keep` (the engine's keep object) to every rank of the Megatron checkpoint at `src`.
@@ -168,7 +176,7 @@ def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: 
     if side:
         side["hf_layers"] = [list(side.get("hf_layers", range(s.layers)))[i] for i in layers]
     local = {rank: {layer: slicer.local(rank, layer) for layer in layers} for rank in range(tp)}
-    with atomic_folder(Path(out)) as tmp:
+    with atomic_folder(Path(out), needed=_needed_bytes(ckpt, s, shapes)) as tmp:
         write_megatron(tmp, fmt, args, iteration, shapes, spec, ckpt.tied,
                        lambda rank, role, layer: slicer.tensor(rank, role, layer, local=local[rank]))
         copy_side(ckpt.location.root, tmp, side)

@@ -164,3 +164,21 @@ def test_engine_balanced_selection_prunes_megatron_like_hf(llama, tmp_path):
     import_megatron(tmp_path / "pruned", tmp_path / "hf")
     assert (tmp_path / "hf/model.safetensors").read_bytes() == (tmp_path / "engine/model.safetensors").read_bytes()
     assert json.loads((tmp_path / "hf/config.json").read_text()) == json.loads((tmp_path / "engine/config.json").read_text())
+
+
+def test_a_disk_too_small_is_refused_before_writing(llama, tmp_path, monkeypatch):
+    """Megatron runs check free space first too: the estimate scales the source's files by the parameters kept."""
+    from prune_surgery.errors import OutputError
+
+    export_hf(llama(False, "float32"), tmp_path / "meg", tp=2)
+    prune_megatron(tmp_path / "meg", tmp_path / "fits", KEEP)
+    written = sum(f.stat().st_size for f in (tmp_path / "fits").rglob("*.pt"))
+    needed = []
+    real = __import__("prune_surgery.guard", fromlist=["check_space"]).check_space
+    monkeypatch.setattr("prune_surgery.output.check_space", lambda out, n: (needed.append(n), real(out, n))[1])
+    prune_megatron(tmp_path / "meg", tmp_path / "again", KEEP)
+    assert written <= needed[0] < 1.25 * written + (1 << 20)  # every byte written, and not far above
+    monkeypatch.setattr("prune_surgery.guard.free_bytes", lambda path: written // 2)
+    with pytest.raises(OutputError, match="needs"):
+        prune_megatron(tmp_path / "meg", tmp_path / "full", KEEP)
+    assert not (tmp_path / "full").exists()
