@@ -34,6 +34,7 @@ def cli(*args: str, capture: bool = False) -> str:
 
 def main() -> None:
     """Calibrate, prune two ways, load, evaluate."""
+    transformers.utils.logging.disable_progress_bar()
     shutil.rmtree(ROOT, ignore_errors=True)
     ROOT.mkdir()
     src = smollm2()
