@@ -9,22 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+from clitools import assert_clean_failure, cli
 
 from prune_surgery.calibrate import calibration
 from prune_surgery.calibrate.layerwise import LayerwiseModel
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "prune_surgery", *args], capture_output=True, text=True, timeout=300)
-
-
-def assert_clean_failure(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def test_bad_data_and_devices_give_one_line(tiny, tmp_path):
