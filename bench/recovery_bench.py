@@ -115,7 +115,7 @@ def main() -> None:
     curves = {RUNS[k]: [(p["tokens"], p["loss"]) for p in records[k]["heldout"]] for k in RUNS}
     curves["dense teacher (reference)"] = [(0, dense), (result["tokens"], dense)]
     plot_curves(curves, RESULTS / "recovery.png", f"SmolLM2-135M pruned to {result['params']['ratio']:.0%}: held-out LM loss")
-    rows = ["| run | held-out loss at 0 tokens | at end | train loss at end |", "|---|---|---|---|"]
+    rows = ["| run | held-out loss at 0 tokens | at end | train objective at end (KD or LM) |", "|---|---|---|---|"]
     for k in RUNS:
         h, t = records[k]["heldout"], records[k]["loss"]
         rows.append(f"| ({k}) {RUNS[k]} | {h[0]['loss']:.3f} | {h[-1]['loss']:.3f} | {t[-1]['loss']:.3f} |")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-OBJECTIVES = ("kd", "lm", "mix")
+
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ the work folder this call created is removed again.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -95,7 +94,7 @@ def _curves(history: list[dict[str, Any]], tokens_per_step: int, initial: dict[s
     return train, held
 
 
-def _prepare(student: Path, out: Path, data: Sequence[str | Path], heldout: Sequence[str | Path] | None,
+def _prepare(student: Path, data: Sequence[str | Path], heldout: Sequence[str | Path] | None,
              settings: Settings, teacher: str | None, work: Path, args: Any) -> tuple[Pair, Any, TokenFile, TokenFile | None]:
     pair = open_pair(student, teacher, settings.objective)
     tokenizer = load_tokenizer(student)
@@ -129,15 +128,15 @@ def recover(student: str | Path, out: str | Path, data: Sequence[str | Path], se
         world_args = _arguments(settings, work, 1, bool(heldout))
         steps = settings.total_steps(world_args.world_size)
         args = _arguments(settings, work, steps, bool(heldout))
-        pair, tokenizer, train, held = _prepare(student, out, data, heldout, settings, teacher, work, args)
+        pair, tokenizer, train, held = _prepare(student, data, heldout, settings, teacher, work, args)
         global_batch = settings.global_batch(args.world_size)
         dataset = PackedDataset(train, settings.seq_len, steps * global_batch, settings.seed)
         if dataset.n < global_batch:
             raise SpecError(f"the data holds {dataset.n} windows of {settings.seq_len} tokens, too few for one batch of "
                             f"{global_batch}; give more text or a smaller --batch-size / --seq-len")
-        evalset = PackedDataset(held, settings.seq_len, 0, shuffle=False) if held else None
+        evalset = PackedDataset(held, settings.seq_len, settings.eval_windows, shuffle=False) if held else None
         if evalset is not None:
-            evalset.length = min(evalset.n, settings.eval_windows)
+            evalset.length = min(evalset.n, evalset.length)  # at most the windows there are
         model = _student(pair, settings)
         _disk_check(work, out, sum(p.numel() for p in model.parameters()))
     except BaseException:

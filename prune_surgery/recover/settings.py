@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import SpecError
-from .kd import OBJECTIVES
+OBJECTIVES = ("kd", "lm", "mix")
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -71,10 +71,9 @@ class Settings:
         return asdict(self)
 
 
-def _layers(config: dict[str, Any]) -> tuple[int, int, int, int, int]:
-    heads = int(config.get("num_attention_heads", 1))
+def _layers(config: dict[str, Any]) -> tuple[int, int, int, int]:
     return (int(config["num_hidden_layers"]), int(config["hidden_size"]), int(config.get("intermediate_size", 0)),
-            heads, int(config["vocab_size"]))
+            int(config["vocab_size"]))
 
 
 def memory_estimate(student: dict[str, Any], student_params: int, teacher: dict[str, Any] | None, teacher_params: int,
@@ -82,23 +81,24 @@ def memory_estimate(student: dict[str, Any], student_params: int, teacher: dict[
     """Peak bytes on one device of student training + frozen teacher, by part (no activation checkpointing).
 
     Student: float32 weights, gradients and two Adam moments (16 bytes/param); activations per
-    layer about 34*s*b*h + 5*a*s^2*b values (Korthikanti et al.), in float32 (x2) without bf16;
+    layer about 34*s*b*h bytes in 16-bit (Korthikanti et al., with SDPA / flash attention, which
+    stores no s x s scores), twice that in float32;
     logits, their log-softmax and gradient in float32.  Teacher: weights in `teacher_dtype`; under
     no_grad only one layer's activations live at a time; its logits and log-softmax in float32.
     """
     s, b = settings.seq_len, settings.batch_size
-    layers, hidden, _, heads, vocab = _layers(student)
+    layers, hidden, _, vocab = _layers(student)
     act_bytes = 2 if settings.bf16 else 4
     out = {
         "student_weights_grads_adam": 16 * student_params,
-        "student_activations": layers * (34 * s * b * hidden + 5 * heads * s * s * b) * act_bytes // 2,
+        "student_activations": layers * 34 * s * b * hidden * act_bytes // 2,
         "student_logits": 3 * 4 * s * b * vocab,
         "teacher_weights": 0, "teacher_activations": 0, "teacher_logits": 0,
     }
     if teacher is not None:
-        t_layers, t_hidden, t_ffn, t_heads, t_vocab = _layers(teacher)
+        _, t_hidden, t_ffn, t_vocab = _layers(teacher)
         out["teacher_weights"] = DTYPE_BYTES[teacher_dtype] * teacher_params
-        out["teacher_activations"] = (4 * s * b * t_hidden + 2 * s * b * t_ffn + t_heads * s * s * b) * DTYPE_BYTES[teacher_dtype]
+        out["teacher_activations"] = (4 * s * b * t_hidden + 2 * s * b * t_ffn) * DTYPE_BYTES[teacher_dtype]
         out["teacher_logits"] = 2 * 4 * s * b * t_vocab
     out["total"] = sum(out.values())
     return out

@@ -69,3 +69,20 @@ def test_dry_run_says_steps_tokens_and_memory_and_writes_nothing(student, text, 
     assert "pretrain_gpt.py" in mega.stdout and "--num-layers 3" in mega.stdout and "--ffn-hidden-size 48" in mega.stdout
     assert "prune-surgery megatron export" in mega.stdout
     assert not out.exists() and not (tmp_path / "out.work").exists()
+
+
+def test_no_space_for_checkpoints_fails_before_training_and_leaves_nothing(student, text, tmp_path, monkeypatch):
+    import shutil as sh
+    from collections import namedtuple
+
+    import pytest
+
+    from prune_surgery.errors import OutputError
+    from prune_surgery.recover.run import recover
+    from prune_surgery.recover.settings import Settings
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(sh, "disk_usage", lambda path: usage(1 << 20, 1 << 20, 1000))
+    with pytest.raises(OutputError, match="no space for checkpoints"):
+        recover(student, tmp_path / "out", [text[0]], Settings(steps=2, seq_len=16, batch_size=2), progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
