@@ -204,11 +204,13 @@ def register_subcommands() -> None:
     from .cli_hub import register
     from .llamacpp.cli import register as register_gguf
     from .megatron.cli import app as megatron_app
+    from .recover.cli import register as register_recover
     from .vocab.cli import app as vocab_app
 
     register(app)
     register_calibrate(app)
     register_gguf(app)
+    register_recover(app)
     app.add_typer(vocab_app, name="vocab", help="Vocabulary pruning: count token frequencies, verify tokenization")
     app.add_typer(megatron_app, name="megatron", help="Megatron-LM tensor-parallel checkpoints: export, import, reshard")
 

@@ -1,0 +1,1 @@
+"""Recovery: distill a pruned checkpoint from its source on the transformers Trainer (the `recover` extra)."""
