@@ -7,10 +7,13 @@ and routers for hidden channels, per expert too) gets the ridge least-squares va
 
 - ``oneshot``: one pass of the dense model; the pruned input is taken as the dense input's kept
   columns.
-- ``sequential``: the pruned model (the output itself, read back) runs beside the dense one; the
-  Grams pair the dense input x of each reader with the pruned model's own input y of the same
-  tokens, after the layers below were pruned and refit, so errors do not pile up.  Expert slices
-  (routed tokens differ between the two models) are refit one-shot.
+- ``sequential``: the pruned model (the output itself, read back) runs beside the dense one, so
+  each layer's inputs come from the layers below already pruned and refit and errors do not pile
+  up.  When the width of the stream is unchanged, the unpruned layer runs on the pruned model's
+  stream and each reader is fit to what its unpruned weights compute from those inputs
+  (SparseGPT's target).  When hidden channels are pruned the streams differ in width: the Grams
+  then pair the dense model's input x with the pruned model's input y of the same tokens.  Expert
+  slices (routed tokens differ between the two models) are refit one-shot.
 
 Only values change: shapes are the plan's, no tensor is added.
 """
@@ -116,7 +119,25 @@ def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mo
         if progress:
             progress(f"refit layer {index + 1}/{dense.num_layers}", index, dense.num_layers, index * ids.numel())
         readers = dense_readers.get(index, {}) if index in kept_layers else {}
-        if mode == "oneshot" or index not in kept_layers:
+        if mode == "sequential" and index in kept_layers and "hidden" not in plan.keep:
+            # same width: the dense layer runs on the pruned model's own stream (SparseGPT's target), so
+            # each reader is fit to what the unpruned weights compute from the inputs the pruned model sees
+            assert pruned is not None and h_pruned is not None
+            j = kept_layers.index(index)
+            h_dense.copy_(h_pruned)
+            tap = GramTap(readers, {})
+            with dense.resident(index):
+                tap.params = dense.layer_params(index)
+                for start in range(0, ids.shape[0], micro):
+                    tap.begin(start, *h_dense[start : start + micro].shape[:2])
+                    with tap:
+                        dense.forward(index, h_dense[start : start + micro])
+                solved = _solve_layer(dense, readers, tap, targets, None)
+            with pruned.resident(j):
+                _install(pruned, pruned_readers.get(j, {}), out_to_source, solved)
+                for start in range(0, ids.shape[0], micro):
+                    h_pruned[start : start + micro] = pruned.forward(j, h_pruned[start : start + micro])
+        elif mode == "oneshot" or index not in kept_layers:
             tap = GramTap(readers, {})
             with dense.resident(index):
                 tap.params = dense.layer_params(index)
