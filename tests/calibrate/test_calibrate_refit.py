@@ -119,3 +119,17 @@ def test_depth_by_ppl_drops_the_layer_transformers_misses_least(tiny, text):
     plan = ps.plan(src, ps.spec_from_dict({"num_hidden_layers": 3, "method": "activation", "calibration": [str(text[0])],
                                            "depth": "ppl", "calibration_samples": 4, "calibration_seq_len": 24}))
     assert sorted(set(range(4)) - set(plan.keep["layers"])) == dropped
+
+
+def test_sequential_refit_at_unchanged_width_starts_as_oneshot(tiny, text, tmp_path):
+    """Layer 0 sees the same stream in both models, so its refit is the one-shot one; later layers differ."""
+    src = tiny["llama"]
+    for mode in ("oneshot", "sequential"):
+        ps.run(src, tmp_path / mode, _spec(text, intermediate_size=48, refit=mode))
+    first = "model.layers.0.mlp.down_proj.weight"
+    assert torch.allclose(_tensor(tmp_path / "oneshot", first), _tensor(tmp_path / "sequential", first), atol=1e-6)
+    refit = [set(json.loads((tmp_path / m / "prune_surgery.json").read_text())["refit"]["lambda"]) for m in ("oneshot", "sequential")]
+    later = sorted(n for n in refit[0] & refit[1] if n != first)
+    assert later  # refit in both modes past layer 0
+    assert any(not torch.allclose(_tensor(tmp_path / "oneshot", n), _tensor(tmp_path / "sequential", n), atol=1e-6) for n in later)
+    load(tmp_path / "sequential")
