@@ -21,10 +21,14 @@ from .errors import ArchitectureError
 
 @dataclass(frozen=True)
 class Segment:
-    """One part of an axis: `space` units of `per_unit` elements (space may be a fixed dim)."""
+    """One part of an axis: `space` units of `per_unit` elements (space may be a fixed dim).
+
+    `unit` overrides the space's own rows per unit for this axis (MLA: a head is
+    qk_head_dim rows of q_b_proj but v_head_dim columns of o_proj)."""
 
     space: str
     multiplier: int = 1
+    unit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class TensorRole:
     pattern: re.Pattern[str] = field(compare=False, default=re.compile(""))
     norm_final: bool = False  # `norm: final`: feeds the lm_head (see plan._rescale)
     hidden_scale: bool = False  # multiply by sqrt(d/d') when hidden is pruned (see plan._rescale)
+    scale_if: str | None = None  # `hidden_scale_if: key`: hidden_scale only when that config entry is true
 
     @property
     def placeholders(self) -> tuple[str, ...]:
@@ -57,6 +62,7 @@ class Space:
     unit: str | int = 1
     within: str | None = None
     default: str | None = None
+    groups: str | None = None  # a dim: units are chosen in that many equal contiguous groups, the same count in each
 
 
 #: norm kinds a table may name, and the offset their stored weight carries
@@ -87,6 +93,8 @@ class Architecture:
     layer_steps: tuple[dict[str, Any], ...] = ()
     layer_patterns: tuple[dict[str, Any], ...] = ()
     approximate: str = ""
+    caveats: tuple[dict[str, Any], ...] = ()
+    extra_layers: str | None = None  # a dim: layers numbered after num_hidden_layers (MTP), kept and renumbered
 
     @property
     def norm_offset(self) -> float:
@@ -131,10 +139,12 @@ def _compile(template: str) -> re.Pattern[str]:
 def _axis(spec: str, known: set[str], where: str) -> tuple[Segment, ...]:
     segments = []
     for part in str(spec).split("+"):
-        space, _, mult = part.strip().partition("*")
-        if space not in known and not space.isdigit():
-            raise ArchitectureError(f"table {where}: axis {spec!r} names unknown space or dim {space!r}")
-        segments.append(Segment(space, int(mult) if mult else 1))
+        part, _, unit = part.strip().partition("@")
+        space, _, mult = part.partition("*")
+        for name in (space, unit) if unit else (space,):
+            if name not in known and not name.isdigit():
+                raise ArchitectureError(f"table {where}: axis {spec!r} names unknown space or dim {name!r}")
+        segments.append(Segment(space, int(mult) if mult else 1, unit or None))
     return tuple(segments)
 
 
@@ -172,7 +182,7 @@ def load_architecture(family: str) -> Architecture:
     """Resolve a family's table (with inheritance) into an Architecture."""
     t = _resolve(family)
     spaces = {
-        n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"))
+        n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"), s.get("groups"))
         for n, s in t.get("spaces", {}).items()
     }
     dims = dict(t.get("dims", {}))
@@ -185,7 +195,8 @@ def load_architecture(family: str) -> Architecture:
             raise ArchitectureError(f"table {family}.{role}: norm must be true or 'final', got {norm!r}")
         roles[role] = TensorRole(
             role, entry["name"], axes, bool(norm), bool(entry.get("optional")),
-            entry.get("tied_to"), _compile(entry["name"]), norm == "final", bool(entry.get("hidden_scale")),
+            entry.get("tied_to"), _compile(entry["name"]), norm == "final",
+            bool(entry.get("hidden_scale") or entry.get("hidden_scale_if")), entry.get("hidden_scale_if"),
         )
     if t.get("norm", "rms") not in NORM_OFFSETS:
         raise ArchitectureError(f"table {family}: norm must be one of {', '.join(NORM_OFFSETS)}")
@@ -197,6 +208,12 @@ def load_architecture(family: str) -> Architecture:
             for part in str(operand).split("*"):
                 if part not in known and not part.isdigit():
                     raise ArchitectureError(f"table {family}: require rule {rule} names unknown space or dim {part!r}")
+    for caveat in t.get("caveats", []):
+        if caveat.get("when") not in spaces or "config" not in caveat or "note" not in caveat:
+            raise ArchitectureError(f"table {family}: a caveat needs `when` (a space), `config` and `note`: {caveat}")
+    for name in [s.groups for s in spaces.values() if s.groups] + list(_list(t.get("extra_layers"))):
+        if name not in dims:
+            raise ArchitectureError(f"table {family}: {name!r} (groups / extra_layers) must be a dim")
     layer_config = t.get("layer_config", {})
     tie = t.get("tie", {})
     return Architecture(
@@ -218,6 +235,8 @@ def load_architecture(family: str) -> Architecture:
         layer_steps=tuple(layer_config.get("steps", [])),
         layer_patterns=tuple(layer_config.get("patterns", [])),
         approximate=str(t.get("approximate", "")),
+        caveats=tuple(t.get("caveats", [])),
+        extra_layers=t.get("extra_layers"),
     )
 
 

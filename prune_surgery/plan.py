@@ -24,7 +24,7 @@ from .keepfile import Keep, kept
 from .score import compute_scores
 from .select import check_targets, select_keep, targets_and_layers
 from .sink import OutTensor, ShardLayout, layout_shards
-from .sizes import is_tied, source_sizes, unit_size
+from .sizes import config_get, is_tied, segment_width, source_sizes
 from .spec import PruneSpec, dump_json
 
 BLOCK_BYTES = 16 << 20
@@ -98,7 +98,7 @@ def _axis_index(arch: Architecture, role: TensorRole, axis: int, binding: dict[s
     offset, pruned = 0, False
     for seg, scope in zip(role.axes[axis], scopes):
         if seg.space in arch.spaces:
-            units, width = sizes[seg.space], unit_size(arch, seg.space, sizes) * seg.multiplier
+            units, width = sizes[seg.space], segment_width(arch, seg, sizes)
             chosen = kept(keep, seg.space, scope)
         else:
             units, width, chosen = 1, int(seg.space) if seg.space.isdigit() else sizes[seg.space], None
@@ -118,15 +118,20 @@ def _axis_index(arch: Architecture, role: TensorRole, axis: int, binding: dict[s
     return cache[key]
 
 
-def _new_name(arch: Architecture, role: TensorRole, binding: dict[str, int], keep: Keep) -> str | None:
-    """The output name after renumbering, or None if a placeholder's index was dropped."""
+def _new_name(arch: Architecture, role: TensorRole, binding: dict[str, int], keep: Keep, layers: int) -> str | None:
+    """The output name after renumbering, or None if a placeholder's index was dropped.
+
+    Layers numbered from `layers` (num_hidden_layers) on are a table's `extra_layers` (MTP):
+    always kept, renumbered to follow the kept layers."""
     values: dict[str, int] = {}
     scope = ""
     for placeholder in role.placeholders:
         owner = arch.placeholders.get(placeholder, placeholder)
         chosen = keep.get("layers") if owner == "layers" else kept(keep, owner, scope)
         old = binding[placeholder]
-        if chosen is not None:
+        if owner == "layers" and arch.extra_layers and old >= layers:
+            values[placeholder] = len(chosen) + old - layers  # type: ignore[arg-type]
+        elif chosen is not None:
             if old not in chosen:  # type: ignore[operator]
                 return None
             values[placeholder] = chosen.index(old)  # type: ignore[union-attr]
@@ -191,7 +196,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         params_before += ref.numel
         role, binding = claim
         seen.add((role.role, tuple(sorted(binding.items()))))
-        name = _new_name(arch, role, binding, keep)
+        name = _new_name(arch, role, binding, keep, sizes["layers"])
         if name is None or (role.tied_to and tied):
             dropped.append(ref.name)
             continue
@@ -208,7 +213,8 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
             shape.append(length if idx is None else len(idx))
         rows_pad = pad if role.axes[0][0].space == "vocab" else 0
         shape[0] += rows_pad
-        rescale = _rescale(arch, role, hidden_scale, tied) if spec.norm_rescale else None
+        scaled = not role.scale_if or bool(config_get(config, role.scale_if, False))
+        rescale = _rescale(arch, role, hidden_scale if scaled else 1.0, tied) if spec.norm_rescale else None
         offset = arch.norm_offset if rescale is not None and role.norm else 0.0
         itemsize = ref.nbytes // max(ref.numel, 1) if ref.numel else 0
         out = OutTensor(name, ref.dtype, tuple(shape), math.prod(shape) * itemsize)
@@ -301,6 +307,10 @@ def _warnings(plan: Plan, pad: int) -> list[str]:
                          + (f" ({plan.arch.approximate})" if plan.arch.approximate else ""))
         elif not plan.spec.norm_rescale:
             notes.append("--no-norm-rescale: RMSNorm now averages over fewer channels, so outputs differ from the masked original")
+    for caveat in plan.arch.caveats:  # a table's `caveats`: cuts that are not what the user may think
+        if plan.targets[caveat["when"]] != plan.sizes[caveat["when"]] and \
+                config_get(plan.config, caveat["config"], caveat.get("default")) == caveat.get("is"):
+            notes.append(caveat["note"])
     if pad:
         notes.append(f"vocabulary padded with {pad} zero rows: ids {plan.targets['vocab']}..{plan.targets['vocab'] + pad - 1} must never be sampled")
     if plan.spec.keep is None and plan.spec.method == "random" and plan.params_after < plan.params_before:

@@ -13,7 +13,7 @@ import numpy as np
 from .arch import Architecture
 from .checkpoint import Checkpoint
 from .dtypes import raw_dtype, to_float32
-from .sizes import unit_size
+from .sizes import segment_width
 
 
 def compute_scores(
@@ -40,7 +40,7 @@ def compute_scores(
             for a, axis in wanted:
                 offset = 0
                 for seg in axis:
-                    size = sizes[seg.space] * unit_size(arch, seg.space, sizes) * seg.multiplier if seg.space in arch.spaces else sizes.get(seg.space, 0)
+                    size = sizes[seg.space] * segment_width(arch, seg, sizes) if seg.space in arch.spaces else sizes.get(seg.space, 0)
                     if seg.space in spaces:
                         space = arch.spaces[seg.space]
                         key = ".".join(str(binding[p]) for p in space.per)

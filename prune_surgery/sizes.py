@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .arch import Architecture
+from .arch import Architecture, Segment
 from .errors import ArchitectureError
 
 _MISSING = object()
@@ -64,6 +64,8 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
             default = dim.get("default")
             if isinstance(default, list):
                 value = sizes[default[0]] // sizes[default[1]]
+            elif isinstance(default, dict) and "sum" in default:  # e.g. MLA qk_head_dim = nope + rope
+                value = sum(sizes[part] for part in default["sum"])
             elif isinstance(default, int):
                 value = default
             elif isinstance(default, str):
@@ -78,6 +80,11 @@ def unit_size(arch: Architecture, space: str, sizes: dict[str, int]) -> int:
     """Elements per unit of a space along an axis (e.g. head_dim rows per head)."""
     unit = arch.spaces[space].unit if space in arch.spaces else 1
     return sizes[unit] if isinstance(unit, str) else int(unit)
+
+
+def segment_width(arch: Architecture, seg: Segment, sizes: dict[str, int]) -> int:
+    """Elements per unit of one axis segment: the segment's `@unit` or its space's, times `*k`."""
+    return (sizes[seg.unit] if seg.unit else unit_size(arch, seg.space, sizes)) * seg.multiplier
 
 
 def is_tied(arch: Architecture, config: dict[str, Any]) -> bool:

@@ -1,0 +1,170 @@
+"""Tiny models of today's MoE families (glm4_moe, deepseek_v3 and the types that reuse its MLA
+table) and their masked references, the oracles of tests/test_moe_2026.py.
+
+Built from transformers config classes, never downloaded.  The reference is written against
+the loaded torch modules (as in models_families), independent of the tables it checks:
+
+- hidden: zero the embedding columns and every row that writes the residual stream (o_proj,
+  dense, routed and shared down projections);
+- heads: zero the o_proj columns of dropped heads (v_head_dim wide under MLA);
+- ffn (dense), moe_ffn (per routed expert), shared_ffn: zero the down-projection columns;
+- experts: the router (weight and e_score_correction_bias) and the expert stacks keep only the
+  kept experts, in order, so group routing runs over n_group groups of the kept experts;
+- layers: the kept layers only, renumbered.
+
+MTP layers: transformers does not model them; `add_mtp` turns the last decoder layer of a
+saved tiny model into an MTP layer (num_hidden_layers - 1, num_nextn_predict_layers 1, plus
+the MTP-only tensors), and `load` can treat it as an ordinary last decoder layer again
+(`mtp_as_layer`), so the oracle covers its attention and MoE block too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from models_families import BASE
+
+MOE = dict(n_routed_experts=8, moe_intermediate_size=32, num_experts_per_tok=2, n_group=2, topk_group=1,
+           first_k_dense_replace=1, n_shared_experts=1, norm_topk_prob=True, routed_scaling_factor=1.5)
+MLA = dict(q_lora_rank=24, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6,
+           num_key_value_heads=8)
+
+FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "glm4_moe": ("Glm4MoeConfig", dict(MOE, attention_bias=True, use_qk_norm=True, head_dim=8)),
+    "glm4_moe_noqk": ("Glm4MoeConfig", dict(MOE, attention_bias=False, use_qk_norm=False)),
+    "deepseek_v3": ("DeepseekV3Config", dict(MOE, **MLA)),
+    "glm4_moe_lite": ("Glm4MoeLiteConfig", dict(MOE, **MLA)),
+}
+
+
+def build(path: Path, variant: str, seed: int = 0, layers: int = 4, **overrides: Any) -> Path:
+    """Save a randomly initialised tiny model of `variant` (non-trivial norms, biases, routers)."""
+    torch.manual_seed(seed)
+    name, extra = FAMILIES[variant]
+    config = getattr(transformers, name)(**{**BASE, "num_hidden_layers": layers, **extra, **overrides})
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if "norm" in pname and pname.endswith("weight"):
+                param.uniform_(0.5, 1.5)
+            elif pname.endswith("bias") or pname.endswith("gate.weight"):
+                param.normal_(0, 0.1 if pname.endswith("bias") else 0.5)
+        for module in model.modules():
+            if hasattr(module, "e_score_correction_bias"):
+                module.e_score_correction_bias.normal_(0, 0.05)
+    model.save_pretrained(path, max_shard_size="200KB")
+    return path
+
+
+def add_mtp(path: Path) -> Path:
+    """Turn the last decoder layer of a saved checkpoint into an MTP layer, in place."""
+    config = json.loads((path / "config.json").read_text())
+    n = config["num_hidden_layers"] - 1
+    hidden, vocab = config["hidden_size"], config["vocab_size"]
+    gen = torch.Generator().manual_seed(5)
+    extras = {
+        f"model.layers.{n}.embed_tokens.weight": torch.randn(vocab, hidden, generator=gen),
+        f"model.layers.{n}.enorm.weight": torch.rand(hidden, generator=gen) + 0.5,
+        f"model.layers.{n}.hnorm.weight": torch.rand(hidden, generator=gen) + 0.5,
+        f"model.layers.{n}.eh_proj.weight": torch.randn(hidden, 2 * hidden, generator=gen),
+        f"model.layers.{n}.shared_head.norm.weight": torch.rand(hidden, generator=gen) + 0.5,
+        f"model.layers.{n}.shared_head.head.weight": torch.randn(vocab, hidden, generator=gen),
+    }
+    save_file(extras, path / "mtp.safetensors", metadata={"format": "pt"})
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    index["weight_map"].update({k: "mtp.safetensors" for k in extras})
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    config.update(num_hidden_layers=n, num_nextn_predict_layers=1)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def mtp_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder (float32 tiny models: small)."""
+    out: dict[str, torch.Tensor] = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        out.update(load_file(shard))
+    return out
+
+
+def load(path: Path, mtp_as_layer: bool = False) -> torch.nn.Module:
+    """Load with transformers: no missing keys; unexpected keys only those of MTP layers
+    (all of them, or with `mtp_as_layer` only the MTP-only extras)."""
+    config = transformers.AutoConfig.from_pretrained(path)
+    n = config.num_hidden_layers
+    mtp = getattr(config, "num_nextn_predict_layers", 0) or 0
+    if mtp_as_layer:
+        config.num_hidden_layers = n + mtp
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(path, config=config, output_loading_info=True, dtype=torch.float32)
+    assert not info["missing_keys"] and not info["mismatched_keys"], info
+    extras = (".embed_tokens.", ".enorm.", ".hnorm.", ".eh_proj.", ".shared_head.")
+    for key in info["unexpected_keys"]:
+        layer = int(key.split(".")[2]) if key.startswith("model.layers.") else -1
+        assert layer >= n and (not mtp_as_layer or any(e in key for e in extras)), key
+    return model.eval()
+
+
+def masked_reference(src: Path, keep: dict[str, Any], mtp_as_layer: bool = False) -> torch.nn.Module:
+    """The source with pruned units zeroed, experts and layers removed (see module doc)."""
+    model = load(src, mtp_as_layer)
+    cfg = model.config
+    hd = getattr(cfg, "v_head_dim", None) or getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    layers = model.model.layers
+    with torch.no_grad():
+        gone_hidden = sorted(set(range(cfg.hidden_size)) - set(keep.get("hidden", range(cfg.hidden_size))))
+        model.model.embed_tokens.weight[:, gone_hidden] = 0
+        for i, layer in enumerate(layers):
+            mlp, o_proj = layer.mlp, layer.self_attn.o_proj
+            downs = [mlp.shared_experts.down_proj.weight] if hasattr(mlp, "experts") else [mlp.down_proj.weight]
+            for weight in [o_proj.weight] + downs:
+                weight[gone_hidden, :] = 0
+            if o_proj.bias is not None:
+                o_proj.bias[gone_hidden] = 0
+            if hasattr(mlp, "experts"):
+                mlp.experts.down_proj[:, gone_hidden, :] = 0
+            for h in sorted(set(range(cfg.num_attention_heads)) - set(keep.get("heads", {}).get(str(i), range(cfg.num_attention_heads)))):
+                o_proj.weight[:, h * hd : (h + 1) * hd] = 0
+            _zero_ffn(mlp, keep, i)
+            if str(i) in keep.get("experts", {}) and hasattr(mlp, "experts"):
+                _keep_experts(mlp, keep["experts"][str(i)])
+    kept = list(keep.get("layers", range(cfg.num_hidden_layers)))
+    if mtp_as_layer:
+        kept += list(range(len(layers) - cfg.num_nextn_predict_layers, len(layers)))
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in kept)
+    for new, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = new
+    cfg.num_hidden_layers = len(kept)
+    return model
+
+
+def _zero_columns(weight: torch.Tensor, kept: list[int]) -> None:
+    weight[:, sorted(set(range(weight.shape[1])) - set(kept))] = 0
+
+
+def _zero_ffn(mlp: torch.nn.Module, keep: dict[str, Any], layer: int) -> None:
+    if not hasattr(mlp, "experts"):
+        if str(layer) in keep.get("ffn", {}):
+            _zero_columns(mlp.down_proj.weight, keep["ffn"][str(layer)])
+        return
+    if str(layer) in keep.get("shared_ffn", {}):
+        _zero_columns(mlp.shared_experts.down_proj.weight, keep["shared_ffn"][str(layer)])
+    for scope, kept in keep.get("moe_ffn", {}).items():
+        owner, expert = (int(x) for x in scope.split("."))
+        if owner == layer:
+            _zero_columns(mlp.experts.down_proj[expert], kept)
+
+
+def _keep_experts(moe: torch.nn.Module, kept: list[int]) -> None:
+    idx = torch.tensor(kept)
+    moe.gate.weight = torch.nn.Parameter(moe.gate.weight[idx].clone())
+    moe.gate.e_score_correction_bias = moe.gate.e_score_correction_bias[idx].clone()
+    moe.gate.num_experts = len(kept)
+    moe.experts.gate_up_proj = torch.nn.Parameter(moe.experts.gate_up_proj[idx].clone())
+    moe.experts.down_proj = torch.nn.Parameter(moe.experts.down_proj[idx].clone())
+    moe.experts.num_experts = len(kept)
