@@ -84,7 +84,8 @@ def unit_size(arch: Architecture, space: str, sizes: dict[str, int]) -> int:
 
 def segment_width(arch: Architecture, seg: Segment, sizes: dict[str, int]) -> int:
     """Elements per unit of one axis segment: the segment's `@unit` or its space's, times `*k`."""
-    return (sizes[seg.unit] if seg.unit else unit_size(arch, seg.space, sizes)) * seg.multiplier
+    unit = (int(seg.unit) if seg.unit.isdigit() else sizes[seg.unit]) if seg.unit else unit_size(arch, seg.space, sizes)
+    return unit * seg.multiplier
 
 
 def is_tied(arch: Architecture, config: dict[str, Any]) -> bool:

@@ -13,7 +13,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -69,8 +69,30 @@ def _slice(tp: TensorPlan, blob: Blob, backend: Backend, pool: BufferPool, lo: i
     return out, 0, 0, lease
 
 
+def merge_leading(tp: TensorPlan, block_bytes: int) -> TensorPlan:
+    """The same slicing with the first two axes merged while one slice of axis 0 exceeds a block.
+
+    A fused 3-D expert tensor (experts, rows, cols) of 10+ GB is then cut in blocks of whole
+    (expert, row) lines, like a 2-D tensor, instead of one whole expert at a time: the kept
+    lines are the kept experts times the kept rows.  Row-major bytes are unchanged by the view.
+    """
+    ref, index = tp.source, tp.index
+    while len(ref.shape) > 2 and ref.nbytes // max(1, ref.shape[0]) > block_bytes:
+        a, b = ref.shape[0], ref.shape[1]
+        merged = None
+        if index[0] is not None or index[1] is not None:
+            outer = np.arange(a, dtype=np.int64) if index[0] is None else index[0].astype(np.int64)
+            inner = np.arange(b, dtype=np.int64) if index[1] is None else index[1].astype(np.int64)
+            merged = (outer[:, None] * b + inner[None, :]).ravel()
+        ref = replace(ref, shape=(a * b, *ref.shape[2:]))
+        index = (merged, *index[2:])
+        tp = replace(tp, source=ref, out=replace(tp.out, shape=(tp.out.shape[0] * tp.out.shape[1], *tp.out.shape[2:])), index=index)
+    return tp
+
+
 def _block_jobs(tp: TensorPlan, blob: Blob, backend: Backend, pool: BufferPool) -> Iterator[Callable[[], Block]]:
     """Thunks that each produce one output block of a tensor, in order (safe to run in threads)."""
+    tp = merge_leading(tp, pool.capacity)
     ref, block_bytes = tp.source, pool.capacity
     if ref.nbytes == 0:
         return

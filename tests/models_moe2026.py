@@ -40,6 +40,8 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "glm4_moe_noqk": ("Glm4MoeConfig", dict(MOE, attention_bias=False, use_qk_norm=False)),
     "deepseek_v3": ("DeepseekV3Config", dict(MOE, **MLA)),
     "glm4_moe_lite": ("Glm4MoeLiteConfig", dict(MOE, **MLA)),
+    "gpt_oss": ("GptOssConfig", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, head_dim=8,
+                                     layer_types=["sliding_attention", "full_attention"] * 2, sliding_window=4)),
 }
 
 
@@ -53,7 +55,7 @@ def build(path: Path, variant: str, seed: int = 0, layers: int = 4, **overrides:
         for pname, param in model.named_parameters():
             if "norm" in pname and pname.endswith("weight"):
                 param.uniform_(0.5, 1.5)
-            elif pname.endswith("bias") or pname.endswith("gate.weight"):
+            elif pname.endswith("bias") or pname.endswith("sinks") or pname.endswith(("gate.weight", "router.weight")):
                 param.normal_(0, 0.1 if pname.endswith("bias") else 0.5)
         for module in model.modules():
             if hasattr(module, "e_score_correction_bias"):
@@ -121,12 +123,16 @@ def masked_reference(src: Path, keep: dict[str, Any], mtp_as_layer: bool = False
         model.model.embed_tokens.weight[:, gone_hidden] = 0
         for i, layer in enumerate(layers):
             mlp, o_proj = layer.mlp, layer.self_attn.o_proj
-            downs = [mlp.shared_experts.down_proj.weight] if hasattr(mlp, "experts") else [mlp.down_proj.weight]
+            downs = [mlp.shared_experts.down_proj.weight] if hasattr(mlp, "shared_experts") else []
+            downs += [] if hasattr(mlp, "experts") else [mlp.down_proj.weight]
             for weight in [o_proj.weight] + downs:
                 weight[gone_hidden, :] = 0
             if o_proj.bias is not None:
                 o_proj.bias[gone_hidden] = 0
-            if hasattr(mlp, "experts"):
+            if hasattr(mlp, "experts") and FUSED_IH(mlp):
+                mlp.experts.down_proj[:, :, gone_hidden] = 0
+                mlp.experts.down_proj_bias[:, gone_hidden] = 0
+            elif hasattr(mlp, "experts"):
                 mlp.experts.down_proj[:, gone_hidden, :] = 0
             for h in sorted(set(range(cfg.num_attention_heads)) - set(keep.get("heads", {}).get(str(i), range(cfg.num_attention_heads)))):
                 o_proj.weight[:, h * hd : (h + 1) * hd] = 0
@@ -139,8 +145,15 @@ def masked_reference(src: Path, keep: dict[str, Any], mtp_as_layer: bool = False
     model.model.layers = torch.nn.ModuleList(layers[i] for i in kept)
     for new, layer in enumerate(model.model.layers):
         layer.self_attn.layer_idx = new
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = [cfg.layer_types[i] for i in kept]
     cfg.num_hidden_layers = len(kept)
     return model
+
+
+def FUSED_IH(mlp: torch.nn.Module) -> bool:  # noqa: N802
+    """gpt_oss layout: experts.down_proj (E, ffn, hidden) with biases, router at mlp.router."""
+    return hasattr(mlp.experts, "down_proj_bias")
 
 
 def _zero_columns(weight: torch.Tensor, kept: list[int]) -> None:
@@ -152,6 +165,11 @@ def _zero_ffn(mlp: torch.nn.Module, keep: dict[str, Any], layer: int) -> None:
         if str(layer) in keep.get("ffn", {}):
             _zero_columns(mlp.down_proj.weight, keep["ffn"][str(layer)])
         return
+    if FUSED_IH(mlp):
+        if str(layer) in keep.get("ffn", {}):
+            gone = sorted(set(range(mlp.experts.down_proj.shape[1])) - set(keep["ffn"][str(layer)]))
+            mlp.experts.down_proj[:, gone, :] = 0
+        return
     if str(layer) in keep.get("shared_ffn", {}):
         _zero_columns(mlp.shared_experts.down_proj.weight, keep["shared_ffn"][str(layer)])
     for scope, kept in keep.get("moe_ffn", {}).items():
@@ -162,9 +180,13 @@ def _zero_ffn(mlp: torch.nn.Module, keep: dict[str, Any], layer: int) -> None:
 
 def _keep_experts(moe: torch.nn.Module, kept: list[int]) -> None:
     idx = torch.tensor(kept)
-    moe.gate.weight = torch.nn.Parameter(moe.gate.weight[idx].clone())
-    moe.gate.e_score_correction_bias = moe.gate.e_score_correction_bias[idx].clone()
-    moe.gate.num_experts = len(kept)
-    moe.experts.gate_up_proj = torch.nn.Parameter(moe.experts.gate_up_proj[idx].clone())
-    moe.experts.down_proj = torch.nn.Parameter(moe.experts.down_proj[idx].clone())
+    router = moe.router if hasattr(moe, "router") else moe.gate
+    router.weight = torch.nn.Parameter(router.weight[idx].clone())
+    for name in ("bias", "e_score_correction_bias"):
+        if getattr(router, name, None) is not None:
+            setattr(router, name, torch.nn.Parameter(getattr(router, name)[idx].clone()))
+    router.num_experts = len(kept)
+    for name in ("gate_up_proj", "down_proj", "gate_up_proj_bias", "down_proj_bias"):
+        if hasattr(moe.experts, name):
+            setattr(moe.experts, name, torch.nn.Parameter(getattr(moe.experts, name)[idx].clone()))
     moe.experts.num_experts = len(kept)
