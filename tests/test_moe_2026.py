@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 import prune_surgery as ps
 from models import keep_of, logits, sample_ids
@@ -29,6 +32,7 @@ CUT = {"hidden_size": 48, "num_attention_heads": 4, "n_routed_experts": 4, "moe_
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("moe2026")
     made = {v: build(root / v, v) for v in VARIANTS}
+    made["gpt_oss"] = build(root / "gpt_oss", "gpt_oss")
     made["deepseek_v3_mtp"] = add_mtp(build(root / "deepseek_v3_mtp", "deepseek_v3", layers=5))
     return made
 
@@ -41,7 +45,7 @@ def _check(src, out, mtp_as_layer=False):
     assert not torch.allclose(got, logits(load(src, mtp_as_layer), ids), atol=1e-4)
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS) + ["deepseek_v3_mtp"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS) + ["deepseek_v3_mtp", "gpt_oss"])
 def test_keep_everything_is_byte_identical(ckpts, tmp_path, variant):
     plan = ps.run(ckpts[variant], tmp_path / "out", ps.PruneSpec())
     a, b = mtp_tensors(ckpts[variant]), mtp_tensors(tmp_path / "out")
@@ -128,3 +132,78 @@ def test_norm_topk_prob_false_is_flagged(tmp_path):
     cfg = json.loads((renorm / "config.json").read_text())
     (renorm / "config.json").write_text(json.dumps({**cfg, "norm_topk_prob": True}))
     assert not any("norm_topk_prob" in w for w in ps.plan(renorm, ps.PruneSpec(sizes={"num_experts": 3})).warnings)
+
+
+OSS_CUT = {"hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "num_local_experts": 3, "intermediate_size": 20}
+
+
+@pytest.mark.parametrize("sizes", [OSS_CUT, {"num_local_experts": 2}, {"intermediate_size": 12, "num_attention_heads": 4}])
+def test_gpt_oss_matches_masked_original(ckpts, tmp_path, sizes):
+    src = ckpts["gpt_oss"]
+    plan = ps.run(src, tmp_path / "out", ps.PruneSpec(sizes=sizes, drop_layers=(1,)))
+    assert plan.new_config["layer_types"] == ["sliding_attention", "sliding_attention", "full_attention"]
+    _check(src, tmp_path / "out")
+
+
+def test_gpt_oss_3d_experts_slice_every_axis_in_line_blocks(ckpts, tmp_path):
+    """Interleaved gate/up columns (2i, 2i+1) follow channel i; expert, row and column cuts equal
+    numpy's; blocks smaller than one expert (merged (expert, row) lines) give the same bytes."""
+    src = ckpts["gpt_oss"]
+    ps.run(src, tmp_path / "a", ps.PruneSpec(sizes=OSS_CUT))
+    ps.run(src, tmp_path / "b", ps.PruneSpec(sizes=OSS_CUT), block_bytes=1000)  # one expert is 10 KB
+    keep, a, b, c = keep_of(tmp_path / "a"), mtp_tensors(src), mtp_tensors(tmp_path / "a"), mtp_tensors(tmp_path / "b")
+    assert all(b[k].numpy().tobytes() == c[k].numpy().tobytes() for k in b)
+    experts, hidden, ffn = keep["experts"]["2"], keep["hidden"], keep["ffn"]["2"]
+    cols = [2 * i + j for i in ffn for j in (0, 1)]
+    p = "model.layers.2.mlp.experts."
+    np.testing.assert_array_equal(b[p + "gate_up_proj"], a[p + "gate_up_proj"][experts][:, hidden][:, :, cols])
+    np.testing.assert_array_equal(b[p + "down_proj"], a[p + "down_proj"][experts][:, ffn][:, :, hidden])
+    np.testing.assert_array_equal(b[p + "gate_up_proj_bias"], a[p + "gate_up_proj_bias"][experts][:, cols])
+    np.testing.assert_array_equal(b["model.layers.2.self_attn.sinks"], a["model.layers.2.self_attn.sinks"][keep["heads"]["2"]])
+
+
+def _sparse_checkpoint(path, config, shapes):
+    """A bf16 safetensors checkpoint whose data section is a hole (sparse file: no disk, zeros)."""
+    path.mkdir()
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in shapes.items():
+        nbytes = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path / "model.safetensors", "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        f.truncate(8 + len(raw) + offset)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_gpt_oss_120b_shaped_layer_prunes_in_bounded_memory(tmp_path):
+    """One gpt-oss-120b-shaped layer (gate_up_proj (128, 2880, 5760) bf16: 4.2 GB) in a sparse
+    file: every axis of the 3-D tensors is cut, and the run's peak RSS stays under 1 GiB."""
+    h, ffn, experts, heads, kv, hd = 2880, 2880, 128, 64, 8, 64
+    p = "model.layers.0."
+    shapes = {"model.embed_tokens.weight": (1024, h), "lm_head.weight": (1024, h), "model.norm.weight": (h,),
+              p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+              p + "self_attn.q_proj.weight": (heads * hd, h), p + "self_attn.q_proj.bias": (heads * hd,),
+              p + "self_attn.k_proj.weight": (kv * hd, h), p + "self_attn.k_proj.bias": (kv * hd,),
+              p + "self_attn.v_proj.weight": (kv * hd, h), p + "self_attn.v_proj.bias": (kv * hd,),
+              p + "self_attn.o_proj.weight": (h, heads * hd), p + "self_attn.o_proj.bias": (h,), p + "self_attn.sinks": (heads,),
+              p + "mlp.router.weight": (experts, h), p + "mlp.router.bias": (experts,),
+              p + "mlp.experts.gate_up_proj": (experts, h, 2 * ffn), p + "mlp.experts.gate_up_proj_bias": (experts, 2 * ffn),
+              p + "mlp.experts.down_proj": (experts, ffn, h), p + "mlp.experts.down_proj_bias": (experts, h)}
+    config = {"model_type": "gpt_oss", "hidden_size": h, "intermediate_size": ffn, "num_local_experts": experts,
+              "num_experts_per_tok": 4, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
+              "num_hidden_layers": 1, "vocab_size": 1024, "rms_norm_eps": 1e-5, "layer_types": ["full_attention"]}
+    src = _sparse_checkpoint(tmp_path / "src", config, shapes)
+    script = ("import resource, sys, prune_surgery as ps\n"
+              "plan = ps.run(sys.argv[1], sys.argv[2], ps.PruneSpec(sizes={'num_local_experts': 32, 'intermediate_size': 1440, 'hidden_size': 2048}))\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, plan.peak_bytes)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(src), str(tmp_path / "out")], capture_output=True, text=True, check=True)
+    rss, peak = (int(x) for x in done.stdout.split()[-2:])
+    print(f"gpt-oss-120b-shaped layer: peak RSS {rss / 2**20:.0f} MiB (plan budget {peak / 2**20:.0f} MiB)")
+    assert rss < 2**30
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "np") as f:
+        assert list(f.get_slice(p + "mlp.experts.gate_up_proj").get_shape()) == [32, 2048, 2880]
+        assert list(f.get_slice(p + "mlp.experts.down_proj").get_shape()) == [32, 1440, 2048]
