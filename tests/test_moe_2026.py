@@ -207,3 +207,13 @@ def test_gpt_oss_120b_shaped_layer_prunes_in_bounded_memory(tmp_path):
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "np") as f:
         assert list(f.get_slice(p + "mlp.experts.gate_up_proj").get_shape()) == [32, 2048, 2880]
         assert list(f.get_slice(p + "mlp.experts.down_proj").get_shape()) == [32, 1440, 2048]
+
+
+def test_cli_num_experts_reaches_the_routed_experts(ckpts, tmp_path):
+    from typer.testing import CliRunner
+
+    from prune_surgery.cli import app
+
+    done = CliRunner().invoke(app, ["plan", str(ckpts["deepseek_v3"]), "--num-experts", "4", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["new_config"]["n_routed_experts"] == 4
