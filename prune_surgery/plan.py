@@ -21,6 +21,7 @@ from .checkpoint import Checkpoint, TensorRef
 from .configedit import config_changes, rewrite_config
 from .errors import ArchitectureError, SpecError
 from .keepfile import Keep, kept
+from .quant import Dequant, plan_quantized, quant_format
 from .score import compute_scores
 from .select import check_targets, select_keep, targets_and_layers
 from .sink import OutTensor, ShardLayout, layout_shards
@@ -43,11 +44,12 @@ class TensorPlan:
     rescale: float | None = None  # RMSNorm weight scale (hidden pruning)
     pad_rows: int = 0  # zero rows appended (vocab padding)
     rescale_offset: float = 0.0  # the weight acts as (w + offset): written as (w + offset) * rescale - offset
+    dequant: Dequant | None = None  # a block-quantized weight written dequantized (quant.py)
 
     @property
     def identity(self) -> bool:
         """True when the output bytes equal the input bytes."""
-        return all(i is None for i in self.index) and self.rescale is None and not self.pad_rows
+        return all(i is None for i in self.index) and self.rescale is None and not self.pad_rows and self.dequant is None
 
 
 @dataclass
@@ -181,6 +183,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     if spec.pad_vocab_to_multiple_of and "vocab" in keep:
         pad = -targets["vocab"] % spec.pad_vocab_to_multiple_of
     tied = is_tied(arch, config)
+    quant = quant_format(config, spec.dequantize)
     hidden_scale = math.sqrt(sizes["hidden"] / targets["hidden"]) if "hidden" in targets else 1.0
 
     tensors: list[TensorPlan] = []
@@ -189,6 +192,9 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     params_before = 0
     seen: set[tuple[str, tuple[tuple[str, int], ...]]] = set()
     for ref in ckpt.tensors.values():
+        if quant and quant.is_scale(ref.name, ckpt):
+            params_before += ref.numel  # planned with its weight (plan_quantized)
+            continue
         claim = arch.match(ref.name)
         if claim is None:  # a buffer the table drops (rotary inv_freq)
             dropped.append(ref.name)
@@ -220,9 +226,16 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         out = OutTensor(name, ref.dtype, tuple(shape), math.prod(shape) * itemsize)
         tensors.append(TensorPlan(ref, out, role.role, tuple(index), rescale, rows_pad, offset))
     _check_required(arch, sizes, seen, tied)
+    quant_notes: list[str] = []
+    if quant:
+        tensors, quant_config, quant_notes = plan_quantized(arch, ckpt, quant, tensors, config)
 
     vocab_rows = targets.get("vocab", 0) + pad
     new_config = rewrite_config(arch, config, sizes, targets, keep, spec.norm_rescale, vocab_rows)
+    if quant:
+        new_config.pop("quantization_config")
+        if quant_config:
+            new_config["quantization_config"] = quant_config
     if "vocab" in keep:
         from .vocab import remap_token_ids
 
@@ -236,7 +249,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         bytes_before=ckpt.total_bytes, bytes_after=sum(t.out.nbytes for t in tensors),
         peak_bytes=_peak(tensors, block_bytes), vocab_rows=vocab_rows,
     )
-    plan.warnings = _warnings(plan, pad)
+    plan.warnings = _warnings(plan, pad) + quant_notes
     plan.plan_hash = plan_hash(plan)
     return plan
 
@@ -295,7 +308,7 @@ def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
 
     block = max(min(t.out.nbytes, block_bytes) for t in tensors)
     index = max(sum(i.nbytes for i in t.index if i is not None) for t in tensors)
-    rescaled = max((float_copies(t) for t in tensors if t.rescale), default=0)
+    rescaled = max((float_copies(t) for t in tensors if t.rescale or t.dequant), default=0)
     return (default_workers() + 5) * block + index + rescaled
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from .arch import Architecture
 from .checkpoint import Checkpoint
 from .dtypes import raw_dtype, to_float32
+from .quant import SCALE_SUFFIX
 from .sizes import segment_width
 
 
@@ -26,6 +27,8 @@ def compute_scores(
     blobs = {}
     try:
         for ref in ckpt.tensors.values():
+            if ref.name.endswith(SCALE_SUFFIX) and ref.name[: -len(SCALE_SUFFIX)] in ckpt.tensors:
+                continue  # FP8 block scales: scores use the stored codes (blocks share a scale)
             claim = arch.match(ref.name)
             if claim is None:
                 continue

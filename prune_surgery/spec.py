@@ -34,7 +34,7 @@ ORIGINAL_KEYS = {
 }
 OPTION_KEYS = {
     "drop_layers", "method", "seed", "balance", "keep", "keep_vocab", "norm_rescale",
-    "max_shard_size", "pad_vocab_to_multiple_of",
+    "max_shard_size", "pad_vocab_to_multiple_of", "dequantize",
 }
 
 
@@ -52,12 +52,15 @@ class PruneSpec:
     pad_vocab_to_multiple_of: int | None = None
     norm_rescale: bool = True
     max_shard_size: int = DEFAULT_SHARD_SIZE
+    dequantize: bool = False  # write block-quantized (FP8) weights dequantized
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able record of the spec (kept indices left out: they are recorded apart)."""
         record = asdict(self)
         record.pop("keep")
         record.pop("keep_vocab")
+        if not record["dequantize"]:
+            record.pop("dequantize")
         record["drop_layers"] = list(self.drop_layers) if self.drop_layers is not None else None
         return {k: v for k, v in record.items() if v is not None and v != {}}
 
@@ -141,6 +144,8 @@ def spec_from_dict(data: dict[str, Any]) -> PruneSpec:
         spec = replace(spec, balance=_positive("balance", options["balance"]))
     if "norm_rescale" in options:
         spec = replace(spec, norm_rescale=bool(options["norm_rescale"]))
+    if "dequantize" in options:
+        spec = replace(spec, dequantize=bool(options["dequantize"]))
     if "max_shard_size" in options:
         spec = replace(spec, max_shard_size=parse_size(options["max_shard_size"]))
     if "pad_vocab_to_multiple_of" in options:

@@ -190,3 +190,54 @@ def _keep_experts(moe: torch.nn.Module, kept: list[int]) -> None:
         if hasattr(moe.experts, name):
             setattr(moe.experts, name, torch.nn.Parameter(getattr(moe.experts, name)[idx].clone()))
     moe.experts.num_experts = len(kept)
+
+
+def quantize_fp8(folder: Path, block: int = 16) -> Path:
+    """Quantize every linear weight of a saved checkpoint to FP8 e4m3 with one scale per
+    block x block tile (`weight_scale_inv`: value = code * scale), as DeepSeek-V3 ships; in place."""
+    index_file = folder / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    for shard in sorted(folder.glob("*.safetensors")):
+        tensors, out = load_file(shard), {}
+        for key, w in tensors.items():
+            if w.ndim != 2 or not key.endswith("proj.weight"):
+                out[key] = w
+                continue
+            (r, c), (rb, cb) = w.shape, (-(-w.shape[0] // block), -(-w.shape[1] // block))
+            tiles = torch.zeros(rb * block, cb * block)
+            tiles[:r, :c] = w
+            tiles = tiles.reshape(rb, block, cb, block)
+            scale = tiles.abs().amax(dim=(1, 3)).clamp(min=1e-12) / 448.0
+            codes = (tiles / scale[:, None, :, None]).reshape(rb * block, cb * block)[:r, :c]
+            out[key], out[key + "_scale_inv"] = codes.to(torch.float8_e4m3fn), scale.float()
+            index["weight_map"][key + "_scale_inv"] = shard.name
+        save_file(out, shard, metadata={"format": "pt"})
+    index_file.write_text(json.dumps(index))
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": [block, block]}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def dequantize_fp8(src: Path, dst: Path) -> Path:
+    """A float32 copy of an FP8 block-quantized checkpoint (code * scale, exactly), config without
+    quantization_config: the exact reference for quantized outputs (transformers' own CPU
+    dequantization rounds through bf16)."""
+    config = json.loads((src / "config.json").read_text())
+    block = (config.pop("quantization_config", None) or {}).get("weight_block_size", [1, 1])
+    dst.mkdir()
+    tensors = mtp_tensors(src)
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith("_scale_inv"):
+            continue
+        scale = tensors.get(key + "_scale_inv")
+        if scale is not None:
+            rows = torch.arange(value.shape[0]) // block[0]
+            cols = torch.arange(value.shape[1]) // block[1]
+            value = value.float() * scale[rows][:, cols]
+        out[key] = value.float()
+    save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst

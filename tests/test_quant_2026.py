@@ -1,0 +1,98 @@
+"""FP8 block-quantized checkpoints (DeepSeek-V3 style `weight_scale_inv`, 16x16 blocks here).
+
+The oracle is transformers itself: it loads our FP8 (or partly dequantized) output with no
+missing or unexpected keys (dequantizing on CPU), and its logits equal the masked original
+loaded the same way from the quantized source.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import prune_surgery as ps
+from models import keep_of, logits, sample_ids, tree_digest
+from models_moe2026 import build, dequantize_fp8, load, masked_reference, mtp_tensors, quantize_fp8
+
+CUT = {"hidden_size": 48, "num_attention_heads": 4, "moe_intermediate_size": 24}
+
+
+@pytest.fixture(scope="module")
+def fp8(tmp_path_factory):
+    return quantize_fp8(build(tmp_path_factory.mktemp("fp8") / "deepseek_v3", "deepseek_v3"))
+
+
+def _check(src, out):
+    """Exact in float32 against the dequantized reference; transformers loads the output as is."""
+    ids = sample_ids()
+    plain_src, plain_out = (dequantize_fp8(f, out.parent / f"{out.name}_{tag}_f32") for f, tag in ((src, "src"), (out, "out")))
+    expected = logits(masked_reference(plain_src, keep_of(out)), ids)
+    got = logits(load(plain_out), ids)
+    assert torch.allclose(got, expected, atol=2e-5, rtol=1e-4), (got - expected).abs().max()
+    as_is = logits(load(out), ids)  # FP8 parts dequantized by transformers (through bf16)
+    assert torch.allclose(as_is, expected, atol=2e-3), (as_is - expected).abs().max()
+
+
+def _fp8_names(folder):
+    return {k for k, v in mtp_tensors(folder).items() if v.dtype == torch.float8_e4m3fn}
+
+
+def test_keep_everything_is_byte_identical(fp8, tmp_path):
+    plan = ps.run(fp8, tmp_path / "out", ps.PruneSpec())
+    a, b = mtp_tensors(fp8), mtp_tensors(tmp_path / "out")
+    assert set(a) == set(b) and all(a[k].view(torch.uint8).numpy().tobytes() == b[k].view(torch.uint8).numpy().tobytes() for k in a)
+    assert plan.new_config["quantization_config"] == plan.config["quantization_config"]
+
+
+def test_whole_block_cuts_keep_fp8(fp8, tmp_path):
+    """Experts, layers and hidden channels kept in whole 16-blocks: codes and scales sliced exactly."""
+    hidden = list(range(16)) + list(range(32, 64))
+    plan = ps.run(fp8, tmp_path / "out", ps.PruneSpec(sizes={"n_routed_experts": 4}, drop_layers=(2,), keep={"hidden": hidden}))
+    assert not any("FP8" in w for w in plan.warnings)
+    a, b = mtp_tensors(fp8), mtp_tensors(tmp_path / "out")
+    projs = [k for k in b if k.endswith("proj.weight")]
+    assert projs and all(b[k].dtype == torch.float8_e4m3fn and k + "_scale_inv" in b for k in projs)
+    name = "model.layers.1.self_attn.q_a_proj.weight_scale_inv"  # (2, 4) blocks; hidden keeps blocks 0, 2, 3
+    np.testing.assert_array_equal(b[name].numpy(), a[name].numpy()[:, [0, 2, 3]])
+    expert = keep_of(tmp_path / "out")["experts"]["1"][3]
+    np.testing.assert_array_equal(b["model.layers.1.mlp.experts.3.down_proj.weight_scale_inv"].numpy(),
+                                  a[f"model.layers.1.mlp.experts.{expert}.down_proj.weight_scale_inv"].numpy()[[0, 2, 3]])
+    assert "modules_to_not_convert" not in plan.new_config["quantization_config"]
+    _check(fp8, tmp_path / "out")
+
+
+def test_other_cuts_dequantize_the_affected_tensors(fp8, tmp_path):
+    plan = ps.run(fp8, tmp_path / "out", ps.PruneSpec(sizes=CUT))
+    note = next(w for w in plan.warnings if "FP8 tensors are written as F32" in w)
+    assert "whole 16x16 blocks" in note
+    skip = plan.new_config["quantization_config"]["modules_to_not_convert"]
+    assert "model.layers.1.mlp.experts" in skip and "model.layers.1.self_attn.q_b_proj" in skip
+    kinds = {t.out.name: t.out.dtype for t in plan.tensors}
+    assert kinds["model.layers.1.self_attn.q_b_proj.weight"] == "F32"
+    assert "model.layers.1.self_attn.q_b_proj.weight_scale_inv" not in kinds
+    _check(fp8, tmp_path / "out")
+
+
+def test_dequantize_writes_no_fp8(fp8, tmp_path):
+    plan = ps.run(fp8, tmp_path / "out", ps.PruneSpec(sizes={"n_routed_experts": 4}, dequantize=True))
+    assert "quantization_config" not in plan.new_config and not _fp8_names(tmp_path / "out")
+    assert "quantization_config" not in json.loads((tmp_path / "out" / "config.json").read_text())
+    _check(fp8, tmp_path / "out")
+
+
+def test_unknown_quantization_is_refused(fp8, tmp_path):
+    src = tmp_path / "src"
+    subprocess.run(["cp", "-r", str(fp8), str(src)], check=True)
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "awq", "bits": 4}
+    (src / "config.json").write_text(json.dumps(config))
+    before = tree_digest(src)
+    done = subprocess.run([sys.executable, "-m", "prune_surgery", "run", str(src), str(tmp_path / "out"), "--num-experts", "4"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "quant_method 'awq'" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists() and tree_digest(src) == before
