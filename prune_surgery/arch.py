@@ -209,8 +209,8 @@ def load_architecture(family: str) -> Architecture:
                 if part not in known and not part.isdigit():
                     raise ArchitectureError(f"table {family}: require rule {rule} names unknown space or dim {part!r}")
     for caveat in t.get("caveats", []):
-        if caveat.get("when") not in spaces or "config" not in caveat or "note" not in caveat:
-            raise ArchitectureError(f"table {family}: a caveat needs `when` (a space), `config` and `note`: {caveat}")
+        if caveat.get("when") not in spaces or "note" not in caveat:
+            raise ArchitectureError(f"table {family}: a caveat needs `when` (a space) and `note` (`config`, `is` optional): {caveat}")
     for name in [s.groups for s in spaces.values() if s.groups] + list(_list(t.get("extra_layers"))):
         if name not in dims:
             raise ArchitectureError(f"table {family}: {name!r} (groups / extra_layers) must be a dim")

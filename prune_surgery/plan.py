@@ -322,7 +322,7 @@ def _warnings(plan: Plan, pad: int) -> list[str]:
             notes.append("--no-norm-rescale: RMSNorm now averages over fewer channels, so outputs differ from the masked original")
     for caveat in plan.arch.caveats:  # a table's `caveats`: cuts that are not what the user may think
         if plan.targets[caveat["when"]] != plan.sizes[caveat["when"]] and \
-                config_get(plan.config, caveat["config"], caveat.get("default")) == caveat.get("is"):
+                ("config" not in caveat or config_get(plan.config, caveat["config"], caveat.get("default")) == caveat.get("is")):
             notes.append(caveat["note"])
     if pad:
         notes.append(f"vocabulary padded with {pad} zero rows: ids {plan.targets['vocab']}..{plan.targets['vocab'] + pad - 1} must never be sampled")

@@ -40,6 +40,9 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "glm4_moe_noqk": ("Glm4MoeConfig", dict(MOE, attention_bias=False, use_qk_norm=False)),
     "deepseek_v3": ("DeepseekV3Config", dict(MOE, **MLA)),
     "glm4_moe_lite": ("Glm4MoeLiteConfig", dict(MOE, **MLA)),
+    "qwen3_5_moe": ("Qwen3_5MoeTextConfig", dict(num_experts=4, moe_intermediate_size=32, num_experts_per_tok=2,
+                                                 shared_expert_intermediate_size=48, head_dim=8, linear_num_key_heads=2,
+                                                 linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8)),
     "gpt_oss": ("GptOssConfig", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, head_dim=8,
                                      layer_types=["sliding_attention", "full_attention"] * 2, sliding_window=4)),
 }
@@ -122,8 +125,10 @@ def masked_reference(src: Path, keep: dict[str, Any], mtp_as_layer: bool = False
         gone_hidden = sorted(set(range(cfg.hidden_size)) - set(keep.get("hidden", range(cfg.hidden_size))))
         model.model.embed_tokens.weight[:, gone_hidden] = 0
         for i, layer in enumerate(layers):
-            mlp, o_proj = layer.mlp, layer.self_attn.o_proj
-            downs = [mlp.shared_experts.down_proj.weight] if hasattr(mlp, "shared_experts") else []
+            mlp = layer.mlp
+            o_proj = layer.self_attn.o_proj if hasattr(layer, "self_attn") else layer.linear_attn.out_proj
+            shared = getattr(mlp, "shared_experts", None) or getattr(mlp, "shared_expert", None)
+            downs = [shared.down_proj.weight] if shared is not None else []
             downs += [] if hasattr(mlp, "experts") else [mlp.down_proj.weight]
             for weight in [o_proj.weight] + downs:
                 weight[gone_hidden, :] = 0
@@ -134,8 +139,10 @@ def masked_reference(src: Path, keep: dict[str, Any], mtp_as_layer: bool = False
                 mlp.experts.down_proj_bias[:, gone_hidden] = 0
             elif hasattr(mlp, "experts"):
                 mlp.experts.down_proj[:, gone_hidden, :] = 0
-            for h in sorted(set(range(cfg.num_attention_heads)) - set(keep.get("heads", {}).get(str(i), range(cfg.num_attention_heads)))):
-                o_proj.weight[:, h * hd : (h + 1) * hd] = 0
+            heads, width = ("heads", hd) if hasattr(layer, "self_attn") else ("lin_v_heads", getattr(cfg, "linear_value_head_dim", 0))
+            total = o_proj.weight.shape[1] // width
+            for h in sorted(set(range(total)) - set(keep.get(heads, {}).get(str(i), range(total)))):
+                o_proj.weight[:, h * width : (h + 1) * width] = 0
             _zero_ffn(mlp, keep, i)
             if str(i) in keep.get("experts", {}) and hasattr(mlp, "experts"):
                 _keep_experts(mlp, keep["experts"][str(i)])
@@ -144,7 +151,7 @@ def masked_reference(src: Path, keep: dict[str, Any], mtp_as_layer: bool = False
         kept += list(range(len(layers) - cfg.num_nextn_predict_layers, len(layers)))
     model.model.layers = torch.nn.ModuleList(layers[i] for i in kept)
     for new, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = new
+        (layer.self_attn if hasattr(layer, "self_attn") else layer.linear_attn).layer_idx = new
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = [cfg.layer_types[i] for i in kept]
     cfg.num_hidden_layers = len(kept)
@@ -170,12 +177,13 @@ def _zero_ffn(mlp: torch.nn.Module, keep: dict[str, Any], layer: int) -> None:
             gone = sorted(set(range(mlp.experts.down_proj.shape[1])) - set(keep["ffn"][str(layer)]))
             mlp.experts.down_proj[:, gone, :] = 0
         return
+    shared = getattr(mlp, "shared_experts", None) or getattr(mlp, "shared_expert", None)
     if str(layer) in keep.get("shared_ffn", {}):
-        _zero_columns(mlp.shared_experts.down_proj.weight, keep["shared_ffn"][str(layer)])
+        _zero_columns(shared.down_proj.weight, keep["shared_ffn"][str(layer)])
     for scope, kept in keep.get("moe_ffn", {}).items():
-        owner, expert = (int(x) for x in scope.split("."))
-        if owner == layer:
-            _zero_columns(mlp.experts.down_proj[expert], kept)
+        owner, _, expert = scope.partition(".")  # "<layer>.<expert>", or "<layer>" for every expert
+        for e in ([int(expert)] if expert else range(mlp.experts.down_proj.shape[0])) if int(owner) == layer else ():
+            _zero_columns(mlp.experts.down_proj[e], kept)
 
 
 def _keep_experts(moe: torch.nn.Module, kept: list[int]) -> None:
@@ -240,4 +248,23 @@ def dequantize_fp8(src: Path, dst: Path) -> Path:
         out[key] = value.float()
     save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
     (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def fuse_experts(src: Path, dst: Path) -> Path:
+    """The Hub layout of a Qwen3.5-MoE checkpoint saved per expert by transformers:
+    mlp.experts.gate_up_proj (E, 2I, H) = [gate; up] and mlp.experts.down_proj (E, H, I)."""
+    dst.mkdir()
+    tensors, out = mtp_tensors(src), {}
+    for key, value in tensors.items():
+        if ".mlp.experts." not in key:
+            out[key] = value
+        elif key.endswith(".0.gate_proj.weight"):
+            prefix = key[: -len("0.gate_proj.weight")]
+            count = sum(1 for k in tensors if k.startswith(prefix) and k.endswith(".gate_proj.weight"))
+            experts = [[tensors[f"{prefix}{e}.{p}_proj.weight"] for p in ("gate", "up", "down")] for e in range(count)]
+            out[prefix + "gate_up_proj"] = torch.stack([torch.cat([g, u]) for g, u, _ in experts])
+            out[prefix + "down_proj"] = torch.stack([d for _, _, d in experts])
+    save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
+    (dst / "config.json").write_text((src / "config.json").read_text())
     return dst
