@@ -21,7 +21,7 @@ from .checkpoint import Checkpoint, TensorRef
 from .configedit import config_changes, rewrite_config
 from .errors import ArchitectureError, SpecError
 from .keepfile import Keep, kept
-from .quant import Dequant, plan_quantized, quant_format
+from .quant import Dequant, logical_shape, plan_quantized, quant_format
 from .score import compute_scores
 from .select import check_targets, select_keep, targets_and_layers
 from .sink import OutTensor, ShardLayout, layout_shards
@@ -206,14 +206,15 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         if name is None or (role.tied_to and tied):
             dropped.append(ref.name)
             continue
-        if len(ref.shape) != len(role.axes):
-            raise ArchitectureError(f"{ref.name} has shape {list(ref.shape)} but the {arch.family} table expects {len(role.axes)} axes")
+        in_shape = logical_shape(ref, quant)  # MXFP4 bytes: the values they hold
+        if len(in_shape) != len(role.axes):
+            raise ArchitectureError(f"{ref.name} has shape {list(in_shape)} but the {arch.family} table expects {len(role.axes)} axes")
         index, shape = [], []
         for axis in range(len(role.axes)):
             length, idx = _axis_index(arch, role, axis, binding, keep, sizes, axis_cache)
-            if ref.shape[axis] != length:
+            if in_shape[axis] != length:
                 raise ArchitectureError(
-                    f"{ref.name} has {ref.shape[axis]} elements on axis {axis} but config.json implies {length}; the config does not match the weights"
+                    f"{ref.name} has {in_shape[axis]} elements on axis {axis} but config.json implies {length}; the config does not match the weights"
                 )
             index.append(idx)
             shape.append(length if idx is None else len(idx))

@@ -1,4 +1,10 @@
-"""Block-quantized checkpoints: FP8 weights with per-block scales (DeepSeek-V3, GLM-4.5-FP8).
+"""Block-quantized checkpoints: FP8 with per-block scales (DeepSeek-V3, GLM-4.5-FP8) and MXFP4 (gpt-oss).
+
+MXFP4 (`quant_method: mxfp4`): `X_blocks` (..., rows, cols/32, 16) bytes, two e2m1 codes each
+(low nibble first), and `X_scales` (..., rows, cols/32) E8M0 exponents; a table describes
+`X_blocks` by the values it holds (..., rows, cols), so a cut that keeps whole 32-blocks of
+cols slices bytes and scales, and any other cut writes `X` dequantized and transposed to
+(..., cols, rows), the layout transformers saves.  The rest below holds for both formats.
 
 A quantized weight `X.weight` (F8_E4M3) comes with `X.weight_scale_inv` (F32, one value per
 `weight_block_size` block, the last block of an axis possibly partial); the value is
@@ -36,45 +42,73 @@ if TYPE_CHECKING:
     from .storage import Storage
 
 SCALE_SUFFIX = "_scale_inv"
-KNOWN = ("fp8",)
 _DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+#: MXFP4 e2m1 codes (a nibble each, low nibble first), as in transformers' integrations/mxfp4.py
+FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
 
 
 @dataclass(frozen=True)
 class Dequant:
-    """How to dequantize one weight while streaming it: its scale tensor and block shape."""
+    """How to dequantize one weight while streaming it: its scale tensor and block shape.
+
+    `packed` (MXFP4): the weight is (..., rows, cols/32, 16) bytes of two FP4 codes with
+    E8M0 scales (..., rows, cols/32), written transposed (..., cols, rows) as transformers holds it."""
 
     scale: "TensorRef"
-    block: tuple[int, int]
+    block: tuple[int, ...]
+    packed: bool = False
 
 
 @dataclass(frozen=True)
-class Fp8Blocks:
-    """A checkpoint's FP8 block quantization (from config.quantization_config)."""
+class BlockFormat:
+    """A checkpoint's block quantization (from config.quantization_config)."""
 
-    block: tuple[int, int]
+    label: str  # FP8, MXFP4
+    weight_suffix: str  # "" (X.weight + X.weight_scale_inv) or "_blocks" (X_blocks + X_scales)
+    scale_suffix: str
+    block: tuple[int, ...]  # elements per block on the trailing logical axes
     out_dtype: str  # what dequantized weights are written as
     force: bool  # --dequantize
 
+    @property
+    def packed(self) -> bool:
+        """MXFP4: two 4-bit codes per byte, 16 bytes per block of 32."""
+        return self.label == "MXFP4"
+
     def is_scale(self, name: str, ckpt: "Checkpoint") -> bool:
         """True for a scale tensor whose weight is in the checkpoint (planned with the weight)."""
-        return name.endswith(SCALE_SUFFIX) and name[: -len(SCALE_SUFFIX)] in ckpt.tensors
+        return name.endswith(self.scale_suffix) and name[: -len(self.scale_suffix)] + self.weight_suffix in ckpt.tensors
+
+    def scale_of(self, name: str, ckpt: "Checkpoint") -> "TensorRef | None":
+        """The scale tensor of a quantized weight, or None for a weight that is not quantized."""
+        if not name.endswith(self.weight_suffix):
+            return None
+        return ckpt.tensors.get(name[: len(name) - len(self.weight_suffix)] + self.scale_suffix)
 
 
-def quant_format(config: dict[str, Any], dequantize: bool) -> Fp8Blocks | None:
+def quant_format(config: dict[str, Any], dequantize: bool) -> BlockFormat | None:
     """The checkpoint's quantization, None if it has none; raise for a format we do not know."""
     qc = config.get("quantization_config")
     if not qc:
         return None
     method = qc.get("quant_method") if isinstance(qc, dict) else None
     block = qc.get("weight_block_size") if isinstance(qc, dict) else None
-    if method not in KNOWN or not (isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)):
+    dtype = _DTYPES.get(str(config.get("dtype") or config.get("torch_dtype") or "bfloat16"), "BF16")
+    if method == "mxfp4":
+        return BlockFormat("MXFP4", "_blocks", "_scales", (32,), dtype, dequantize)
+    if method != "fp8" or not (isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)):
         raise ArchitectureError(
             f"quantization_config with quant_method {method!r} (weight_block_size {block!r}) is not supported; "
-            "supported: fp8 with a two-number weight_block_size; dequantize the checkpoint first"
+            "supported: fp8 with a two-number weight_block_size, mxfp4; dequantize the checkpoint first"
         )
-    dtype = _DTYPES.get(str(config.get("dtype") or config.get("torch_dtype") or "bfloat16"), "BF16")
-    return Fp8Blocks((block[0], block[1]), dtype, dequantize)
+    return BlockFormat("FP8", "", SCALE_SUFFIX, (block[0], block[1]), dtype, dequantize)
+
+
+def logical_shape(ref: "TensorRef", fmt: BlockFormat | None) -> tuple[int, ...]:
+    """The shape a table describes: MXFP4 (..., cols/32, 16) bytes are (..., cols) values."""
+    if fmt is None or not fmt.packed or not ref.name.endswith(fmt.weight_suffix) or len(ref.shape) < 2:
+        return ref.shape
+    return (*ref.shape[:-2], ref.shape[-2] * ref.shape[-1] * 2)
 
 
 def _blocks(index: np.ndarray | None, length: int, block: int) -> np.ndarray | None | bool:
@@ -99,19 +133,18 @@ def _group(arch: "Architecture", tp: "TensorPlan") -> str:
     return tp.out.name.rsplit(".", 1)[0]
 
 
-def plan_quantized(arch: "Architecture", ckpt: "Checkpoint", fmt: Fp8Blocks, tensors: list["TensorPlan"],
+def plan_quantized(arch: "Architecture", ckpt: "Checkpoint", fmt: BlockFormat, tensors: list["TensorPlan"],
                    config: dict[str, Any]) -> tuple[list["TensorPlan"], dict[str, Any], list[str]]:
     """Scale tensors sliced by whole blocks, or weights dequantized: (tensors, new config, notes)."""
-    from .plan import TensorPlan
-    from .sink import OutTensor
-
-    scaled = {id(tp): ckpt.tensors[tp.source.name + SCALE_SUFFIX] for tp in tensors if tp.source.name + SCALE_SUFFIX in ckpt.tensors}
+    scaled = {id(tp): ref for tp in tensors if (ref := fmt.scale_of(tp.source.name, ckpt)) is not None}
     blocks: dict[int, list[Any]] = {}
     for tp in tensors:
         if id(tp) in scaled:
-            if len(tp.source.shape) != 2:
-                raise ArchitectureError(f"{tp.source.name}: block-quantized tensors must be 2-D, got shape {list(tp.source.shape)}")
-            blocks[id(tp)] = [_blocks(i, n, b) for i, n, b in zip(tp.index, tp.source.shape, fmt.block)]
+            shape = logical_shape(tp.source, fmt)
+            per_axis = (1,) * (len(shape) - len(fmt.block)) + fmt.block
+            if len(shape) < len(fmt.block):
+                raise ArchitectureError(f"{tp.source.name}: a {fmt.label} tensor needs {len(fmt.block)} axes, got shape {list(tp.source.shape)}")
+            blocks[id(tp)] = [_blocks(i, n, b) for i, n, b in zip(tp.index, shape, per_axis)]
     bad = {_group(arch, tp) for tp in tensors if id(tp) in blocks and (fmt.force or tp.rescale is not None or any(b is False for b in blocks[id(tp)]))}
     out: list[TensorPlan] = []
     dequantized: list[str] = []
@@ -119,25 +152,49 @@ def plan_quantized(arch: "Architecture", ckpt: "Checkpoint", fmt: Fp8Blocks, ten
         if id(tp) not in scaled:
             out.append(tp)
         elif _group(arch, tp) in bad:
-            nbytes = math.prod(tp.out.shape) * ITEMSIZE[fmt.out_dtype]
-            out.append(replace(tp, out=OutTensor(tp.out.name, fmt.out_dtype, tp.out.shape, nbytes), dequant=Dequant(scaled[id(tp)], fmt.block)))
-            dequantized.append(tp.out.name)
+            out.append(_dequantized_plan(tp, fmt, scaled[id(tp)]))
+            dequantized.append(out[-1].out.name)
         else:
-            scale = scaled[id(tp)]
-            index = tuple(b if b is None else b.astype(np.int32) for b in blocks[id(tp)])
-            shape = tuple(n if i is None else len(i) for n, i in zip(scale.shape, index))
-            name = tp.out.name + SCALE_SUFFIX
-            out += [tp, TensorPlan(scale, OutTensor(name, scale.dtype, shape, math.prod(shape) * ITEMSIZE[scale.dtype]), tp.role, index)]
+            out += _block_sliced(tp, fmt, scaled[id(tp)], blocks[id(tp)])
     new_qc = dict(config["quantization_config"])
     kept_quantized = len(scaled) - len(dequantized)
     notes = []
     if dequantized:
-        why = "--dequantize" if fmt.force else f"their cuts do not keep whole {fmt.block[0]}x{fmt.block[1]} blocks (or they are rescaled)"
-        notes.append(f"{len(dequantized)} FP8 tensors are written as {fmt.out_dtype} ({why}), e.g. {dequantized[0]}"
-                     + ("; no tensor stays FP8, quantization_config is dropped" if not kept_quantized else ""))
+        size = "x".join(str(b) for b in fmt.block)
+        why = "--dequantize" if fmt.force else f"their cuts do not keep whole {size} blocks (or they are rescaled)"
+        notes.append(f"{len(dequantized)} {fmt.label} tensors are written as {fmt.out_dtype} ({why}), e.g. {dequantized[0]}"
+                     + (f"; no tensor stays {fmt.label}, quantization_config is dropped" if not kept_quantized else ""))
         modules = sorted({_group(arch, t) for t in out if t.dequant is not None})
         new_qc["modules_to_not_convert"] = list(new_qc.get("modules_to_not_convert") or []) + modules
     return out, (new_qc if kept_quantized else {}), notes
+
+
+def _dequantized_plan(tp: "TensorPlan", fmt: BlockFormat, scale: "TensorRef") -> "TensorPlan":
+    """`tp` written dequantized: the model's dtype; MXFP4 under its unpacked name, transposed."""
+    from .sink import OutTensor
+
+    name, shape = tp.out.name, tp.out.shape
+    if fmt.packed:
+        logical = tuple(n if i is None else len(i) for n, i in zip(logical_shape(tp.source, fmt), tp.index))
+        name, shape = name[: -len(fmt.weight_suffix)], (*logical[:-2], logical[-1], logical[-2])
+    out = OutTensor(name, fmt.out_dtype, shape, math.prod(shape) * ITEMSIZE[fmt.out_dtype])
+    return replace(tp, out=out, dequant=Dequant(scale, fmt.block, fmt.packed))
+
+
+def _block_sliced(tp: "TensorPlan", fmt: BlockFormat, scale: "TensorRef", blocks: list[Any]) -> list["TensorPlan"]:
+    """`tp` kept quantized, and its scale tensor sliced by the kept blocks."""
+    from .plan import TensorPlan
+    from .sink import OutTensor
+
+    kept = tuple(b if b is None else b.astype(np.int32) for b in blocks)
+    if fmt.packed:  # kept values -> kept (block, byte) cells of the packed bytes
+        index = (*tp.index[:-1], kept[-1], None)
+        shape = tuple(n if i is None else len(i) for n, i in zip(tp.source.shape, index))
+        tp = replace(tp, index=index, out=OutTensor(tp.out.name, tp.out.dtype, shape, math.prod(shape) * ITEMSIZE[tp.out.dtype]))
+        kept = (*tp.index[:-2], kept[-1])
+    shape = tuple(n if i is None else len(i) for n, i in zip(scale.shape, kept))
+    name = tp.out.name[: len(tp.out.name) - len(fmt.weight_suffix)] + fmt.scale_suffix
+    return [tp, TensorPlan(scale, OutTensor(name, scale.dtype, shape, math.prod(shape) * ITEMSIZE[scale.dtype]), tp.role, kept)]
 
 
 def load_scales(storage: "Storage", dequant: Dequant) -> np.ndarray:
@@ -146,12 +203,20 @@ def load_scales(storage: "Storage", dequant: Dequant) -> np.ndarray:
     blob = storage.open_blob(ref.file)
     try:
         raw = np.frombuffer(blob.read(ref.offset, ref.nbytes), dtype=raw_dtype(ref.dtype)).reshape(ref.shape)
-        return to_float32(raw, ref.dtype).copy()
+        return raw.copy() if dequant.packed else to_float32(raw, ref.dtype).copy()  # MXFP4: E8M0 exponent bytes
     finally:
         blob.close()
 
 
-def dequantize_rows(raw: np.ndarray, dtype: str, lo: int, scales: np.ndarray, block: tuple[int, int]) -> np.ndarray:
+def dequantize_packed(raw: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float32 values (..., rows, cols) of MXFP4 bytes (..., rows, cols/32, 16) and E8M0 scales."""
+    values = np.empty((*raw.shape[:-1], 32), np.float32)
+    values[..., 0::2], values[..., 1::2] = FP4_VALUES[raw & 0x0F], FP4_VALUES[raw >> 4]
+    values *= np.exp2(scales.astype(np.float32) - 127.0)[..., None]
+    return values.reshape(*raw.shape[:-2], raw.shape[-2] * 32)
+
+
+def dequantize_rows(raw: np.ndarray, dtype: str, lo: int, scales: np.ndarray, block: tuple[int, ...]) -> np.ndarray:
     """float32 values of input rows lo.. (`raw`: their FP8 codes, all columns)."""
     rows = np.arange(lo, lo + raw.shape[0]) // block[0]
     cols = np.arange(raw.shape[1]) // block[1]

@@ -13,7 +13,7 @@ import numpy as np
 from .arch import Architecture
 from .checkpoint import Checkpoint
 from .dtypes import raw_dtype, to_float32
-from .quant import SCALE_SUFFIX
+from .quant import quant_format
 from .sizes import segment_width
 
 
@@ -26,8 +26,9 @@ def compute_scores(
     kept_layers = set(layers)
     blobs = {}
     try:
+        quant = quant_format(ckpt.config, False)
         for ref in ckpt.tensors.values():
-            if ref.name.endswith(SCALE_SUFFIX) and ref.name[: -len(SCALE_SUFFIX)] in ckpt.tensors:
+            if quant and quant.is_scale(ref.name, ckpt):
                 continue  # FP8 block scales: scores use the stored codes (blocks share a scale)
             claim = arch.match(ref.name)
             if claim is None:

@@ -23,7 +23,7 @@ from .backend import Backend, NumpyBackend, default_workers
 from .dtypes import from_float32, raw_dtype, to_float32
 from .gather import BufferPool, gather_into, out_shape
 from .plan import BLOCK_BYTES, Plan, TensorPlan
-from .quant import dequantize_rows, load_scales
+from .quant import dequantize_packed, dequantize_rows, load_scales
 from .sink import ShardLayout, ShardWriter, write_index
 from .storage import Blob, Storage
 
@@ -107,11 +107,33 @@ def merge_leading(tp: TensorPlan, block_bytes: int) -> TensorPlan:
     return tp
 
 
+def _packed_jobs(tp: TensorPlan, blob: Blob, scales: np.ndarray) -> Iterator[Callable[[], Block]]:
+    """One block per kept expert of an MXFP4 tensor (experts, rows, cols/32, 16) written dequantized
+    and transposed to (experts, cols, rows), as transformers holds it."""
+    ref = tp.source
+    per = ref.nbytes // ref.shape[0]
+
+    def job(e: int) -> Block:
+        raw = np.frombuffer(blob.read(ref.offset + e * per, per), dtype=np.uint8).reshape(ref.shape[1:])
+        values = dequantize_packed(raw, scales[e])
+        for axis, idx in ((0, tp.index[1]), (1, tp.index[2])):
+            values = values if idx is None else np.take(values, idx, axis=axis)
+        out = from_float32(np.ascontiguousarray(values.T), tp.out.dtype)[None]
+        blob.release(ref.offset + e * per, per)
+        return out, 0, 0, None
+
+    for e in range(ref.shape[0]) if tp.index[0] is None else tp.index[0]:
+        yield lambda e=int(e): job(e)  # type: ignore[misc]
+
+
 def _block_jobs(tp: TensorPlan, blob: Blob, backend: Backend, pool: BufferPool,
                 scales: np.ndarray | None = None) -> Iterator[Callable[[], Block]]:
     """Thunks that each produce one output block of a tensor, in order (safe to run in threads).
 
     `scales`: the block scales of a weight written dequantized (its blocks are float32 inside)."""
+    if tp.dequant is not None and tp.dequant.packed:
+        yield from _packed_jobs(tp, blob, scales)  # type: ignore[arg-type]
+        return
     tp = merge_leading(tp, pool.capacity)
     ref, block_bytes = tp.source, pool.capacity
     if ref.nbytes == 0:

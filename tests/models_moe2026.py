@@ -268,3 +268,49 @@ def fuse_experts(src: Path, dst: Path) -> Path:
     save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
     (dst / "config.json").write_text((src / "config.json").read_text())
     return dst
+
+
+FP4 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+
+
+def quantize_mxfp4(src: Path, dst: Path) -> Path:
+    """The Hub's MXFP4 layout of a saved tiny gpt_oss: every expert tensor (E, a, b) becomes
+    `_blocks` (E, b, a/32, 16) of e2m1 codes (low nibble first) and `_scales` (E, b, a/32) of
+    E8M0 exponents (the values transposed, as gpt-oss ships them)."""
+    dst.mkdir()
+    out = {}
+    for key, value in mtp_tensors(src).items():
+        if not key.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            out[key] = value
+            continue
+        groups = value.transpose(1, 2).contiguous().reshape(*value.shape[:1], value.shape[2], value.shape[1] // 32, 32)
+        exponent = torch.ceil(torch.log2(groups.abs().amax(-1).clamp(min=2**-100) / 6.0))
+        codes = (groups / torch.exp2(exponent)[..., None])[..., None].sub(FP4).abs().argmin(-1).to(torch.uint8)
+        out[key + "_blocks"] = codes[..., 0::2] | (codes[..., 1::2] << 4)
+        out[key + "_scales"] = (exponent + 127).to(torch.uint8)
+    save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def dequantize_mxfp4(src: Path, dst: Path) -> Path:
+    """A float32 copy of an MXFP4 gpt_oss checkpoint in transformers' layout (exact values)."""
+    dst.mkdir()
+    tensors, out = mtp_tensors(src), {}
+    for key, value in tensors.items():
+        if key.endswith("_scales"):
+            continue
+        if key.endswith("_blocks"):
+            scales = tensors[key[: -len("_blocks")] + "_scales"]
+            values = torch.stack([FP4[(value & 0x0F).long()], FP4[(value >> 4).long()]], dim=-1).reshape(*value.shape[:-1], 32)
+            values = values * torch.exp2(scales.float() - 127)[..., None]
+            key, value = key[: -len("_blocks")], values.reshape(*value.shape[:-2], -1).transpose(1, 2).contiguous()
+        out[key] = value.float() if value.is_floating_point() else value
+    save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config.pop("quantization_config", None)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst

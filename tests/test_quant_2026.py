@@ -17,7 +17,7 @@ import torch
 
 import prune_surgery as ps
 from models import keep_of, logits, sample_ids, tree_digest
-from models_moe2026 import build, dequantize_fp8, load, masked_reference, mtp_tensors, quantize_fp8
+from models_moe2026 import build, dequantize_fp8, dequantize_mxfp4, load, masked_reference, mtp_tensors, quantize_fp8, quantize_mxfp4
 
 CUT = {"hidden_size": 48, "num_attention_heads": 4, "moe_intermediate_size": 24}
 
@@ -27,15 +27,16 @@ def fp8(tmp_path_factory):
     return quantize_fp8(build(tmp_path_factory.mktemp("fp8") / "deepseek_v3", "deepseek_v3"))
 
 
-def _check(src, out):
-    """Exact in float32 against the dequantized reference; transformers loads the output as is."""
+def _check(src, out, dequantize=dequantize_fp8, atol_as_is=2e-3):
+    """Exact in float32 against the dequantized reference; transformers also loads the output as
+    is (dequantizing FP8 / MXFP4 on CPU through bf16, hence the looser `atol_as_is`)."""
     ids = sample_ids()
-    plain_src, plain_out = (dequantize_fp8(f, out.parent / f"{out.name}_{tag}_f32") for f, tag in ((src, "src"), (out, "out")))
+    plain_src, plain_out = (dequantize(f, out.parent / f"{out.name}_{tag}_f32") for f, tag in ((src, "src"), (out, "out")))
     expected = logits(masked_reference(plain_src, keep_of(out)), ids)
     got = logits(load(plain_out), ids)
     assert torch.allclose(got, expected, atol=2e-5, rtol=1e-4), (got - expected).abs().max()
-    as_is = logits(load(out), ids)  # FP8 parts dequantized by transformers (through bf16)
-    assert torch.allclose(as_is, expected, atol=2e-3), (as_is - expected).abs().max()
+    as_is = logits(load(out), ids)
+    assert torch.allclose(as_is, expected, atol=atol_as_is), (as_is - expected).abs().max()
 
 
 def _fp8_names(folder):
@@ -96,3 +97,44 @@ def test_unknown_quantization_is_refused(fp8, tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "quant_method 'awq'" in done.stderr, done.stderr
     assert not (tmp_path / "out").exists() and tree_digest(src) == before
+
+
+@pytest.fixture(scope="module")
+def mxfp4(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mxfp4")
+    return quantize_mxfp4(build(root / "gpt_oss", "gpt_oss"), root / "gpt_oss_mxfp4")
+
+
+def _check_mx(src, out):
+    _check(src, out, dequantize_mxfp4, atol_as_is=2e-2)
+
+
+def test_mxfp4_keep_everything_is_byte_identical(mxfp4, tmp_path):
+    ps.run(mxfp4, tmp_path / "out", ps.PruneSpec())
+    a, b = mtp_tensors(mxfp4), mtp_tensors(tmp_path / "out")
+    assert set(a) == set(b) and all(a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a)
+
+
+def test_mxfp4_whole_block_cuts_keep_the_format(mxfp4, tmp_path):
+    """Experts, layers, heads and hidden channels in whole 32-blocks: bytes and scales sliced."""
+    hidden = list(range(32))
+    plan = ps.run(mxfp4, tmp_path / "out", ps.PruneSpec(sizes={"num_local_experts": 2, "num_attention_heads": 4}, drop_layers=(1,), keep={"hidden": hidden}))
+    assert not any("MXFP4" in w for w in plan.warnings)
+    a, b, keep = mtp_tensors(mxfp4), mtp_tensors(tmp_path / "out"), keep_of(tmp_path / "out")
+    experts = keep["experts"]["2"]
+    p = "model.layers.1.mlp.experts."
+    np.testing.assert_array_equal(b[p + "gate_up_proj_blocks"].numpy(), a[p.replace(".1.", ".2.") + "gate_up_proj_blocks"].numpy()[experts][:, :, :1])
+    np.testing.assert_array_equal(b[p + "gate_up_proj_scales"].numpy(), a[p.replace(".1.", ".2.") + "gate_up_proj_scales"].numpy()[experts][:, :, :1])
+    np.testing.assert_array_equal(b[p + "down_proj_blocks"].numpy(), a[p.replace(".1.", ".2.") + "down_proj_blocks"].numpy()[experts][:, hidden])
+    assert plan.new_config["quantization_config"] == plan.config["quantization_config"]
+    _check_mx(mxfp4, tmp_path / "out")
+
+
+def test_mxfp4_other_cuts_dequantize_and_transpose(mxfp4, tmp_path):
+    plan = ps.run(mxfp4, tmp_path / "out", ps.PruneSpec(sizes={"hidden_size": 48, "intermediate_size": 20, "num_local_experts": 3}))
+    assert any("MXFP4 tensors are written as F32" in w and "quantization_config is dropped" in w for w in plan.warnings)
+    b = mtp_tensors(tmp_path / "out")
+    assert list(b["model.layers.0.mlp.experts.gate_up_proj"].shape) == [3, 48, 40]
+    assert list(b["model.layers.0.mlp.experts.down_proj"].shape) == [3, 20, 48]
+    assert not any(k.endswith(("_blocks", "_scales")) for k in b) and "quantization_config" not in plan.new_config
+    _check_mx(mxfp4, tmp_path / "out")
