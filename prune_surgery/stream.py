@@ -107,23 +107,34 @@ def merge_leading(tp: TensorPlan, block_bytes: int) -> TensorPlan:
     return tp
 
 
-def _packed_jobs(tp: TensorPlan, blob: Blob, scales: np.ndarray) -> Iterator[Callable[[], Block]]:
-    """One block per kept expert of an MXFP4 tensor (experts, rows, cols/32, 16) written dequantized
-    and transposed to (experts, cols, rows), as transformers holds it."""
+def _packed_jobs(tp: TensorPlan, blob: Blob, scales: np.ndarray, block_bytes: int) -> Iterator[Callable[[], Block]]:
+    """Blocks of an MXFP4 tensor (experts, rows, cols/32, 16) written dequantized and transposed to
+    (experts, cols, rows), as transformers holds it: per kept expert, runs of kept columns whose
+    float32 values (all rows) fit in a block."""
     ref = tp.source
-    per = ref.nbytes // ref.shape[0]
+    per, rows = ref.nbytes // ref.shape[0], ref.shape[1]
+    cols = np.arange(ref.shape[2] * 32) if tp.index[2] is None else np.asarray(tp.index[2])
+    step = max(32, block_bytes // (4 * rows) // 32 * 32)  # input columns per block
 
-    def job(e: int) -> Block:
+    def job(e: int, chunk: np.ndarray, last: bool) -> Block:
+        g0, g1 = int(chunk[0]) // 32, int(chunk[-1]) // 32 + 1
         raw = np.frombuffer(blob.read(ref.offset + e * per, per), dtype=np.uint8).reshape(ref.shape[1:])
-        values = dequantize_packed(raw, scales[e])
-        for axis, idx in ((0, tp.index[1]), (1, tp.index[2])):
-            values = values if idx is None else np.take(values, idx, axis=axis)
-        out = from_float32(np.ascontiguousarray(values.T), tp.out.dtype)[None]
-        blob.release(ref.offset + e * per, per)
+        values = dequantize_packed(raw[:, g0:g1], scales[e][:, g0:g1])
+        values = values if tp.index[1] is None else np.take(values, tp.index[1], axis=0)
+        out = from_float32(np.ascontiguousarray(values[:, chunk - g0 * 32].T), tp.out.dtype)[None]
+        if last:
+            blob.release(ref.offset + e * per, per)
         return out, 0, 0, None
 
+    chunks = []
+    start = 0
+    while start < len(cols):
+        end = int(np.searchsorted(cols, int(cols[start]) // 32 * 32 + step, side="left"))
+        chunks.append(cols[start:end])
+        start = end
     for e in range(ref.shape[0]) if tp.index[0] is None else tp.index[0]:
-        yield lambda e=int(e): job(e)  # type: ignore[misc]
+        for i, chunk in enumerate(chunks):
+            yield lambda e=int(e), chunk=chunk, last=i == len(chunks) - 1: job(e, chunk, last)  # type: ignore[misc]
 
 
 def _block_jobs(tp: TensorPlan, blob: Blob, backend: Backend, pool: BufferPool,
@@ -132,7 +143,7 @@ def _block_jobs(tp: TensorPlan, blob: Blob, backend: Backend, pool: BufferPool,
 
     `scales`: the block scales of a weight written dequantized (its blocks are float32 inside)."""
     if tp.dequant is not None and tp.dequant.packed:
-        yield from _packed_jobs(tp, blob, scales)  # type: ignore[arg-type]
+        yield from _packed_jobs(tp, blob, scales, pool.capacity)  # type: ignore[arg-type]
         return
     tp = merge_leading(tp, pool.capacity)
     ref, block_bytes = tp.source, pool.capacity

@@ -192,12 +192,12 @@ def test_qwen3_5_moe_hidden_pruning_is_flagged_approximate(ckpts, tmp_path):
 
 
 def _sparse_checkpoint(path, config, shapes):
-    """A bf16 safetensors checkpoint whose data section is a hole (sparse file: no disk, zeros)."""
+    """A safetensors checkpoint ({name: (shape, dtype)}) whose data section is a hole (sparse file)."""
     path.mkdir()
     header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape in shapes.items():
-        nbytes = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+    for name, (shape, dtype) in shapes.items():
+        nbytes = int(np.prod(shape)) * (2 if dtype == "BF16" else 1)
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
@@ -208,34 +208,50 @@ def _sparse_checkpoint(path, config, shapes):
     return path
 
 
-def test_gpt_oss_120b_shaped_layer_prunes_in_bounded_memory(tmp_path):
-    """One gpt-oss-120b-shaped layer (gate_up_proj (128, 2880, 5760) bf16: 4.2 GB) in a sparse
-    file: every axis of the 3-D tensors is cut, and the run's peak RSS stays under 1 GiB."""
+def _gpt_oss_120b_layer(path, mxfp4):
+    """One gpt-oss-120b-shaped layer: experts bf16 (gate_up_proj (128, 2880, 5760): 4.2 GB) or,
+    as on the Hub, MXFP4 (gate_up_proj_blocks (128, 5760, 90, 16) + scales)."""
     h, ffn, experts, heads, kv, hd = 2880, 2880, 128, 64, 8, 64
     p = "model.layers.0."
-    shapes = {"model.embed_tokens.weight": (1024, h), "lm_head.weight": (1024, h), "model.norm.weight": (h,),
-              p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-              p + "self_attn.q_proj.weight": (heads * hd, h), p + "self_attn.q_proj.bias": (heads * hd,),
-              p + "self_attn.k_proj.weight": (kv * hd, h), p + "self_attn.k_proj.bias": (kv * hd,),
-              p + "self_attn.v_proj.weight": (kv * hd, h), p + "self_attn.v_proj.bias": (kv * hd,),
-              p + "self_attn.o_proj.weight": (h, heads * hd), p + "self_attn.o_proj.bias": (h,), p + "self_attn.sinks": (heads,),
-              p + "mlp.router.weight": (experts, h), p + "mlp.router.bias": (experts,),
-              p + "mlp.experts.gate_up_proj": (experts, h, 2 * ffn), p + "mlp.experts.gate_up_proj_bias": (experts, 2 * ffn),
-              p + "mlp.experts.down_proj": (experts, ffn, h), p + "mlp.experts.down_proj_bias": (experts, h)}
+    bf16 = {"model.embed_tokens.weight": (1024, h), "lm_head.weight": (1024, h), "model.norm.weight": (h,),
+            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (heads * hd, h), p + "self_attn.q_proj.bias": (heads * hd,),
+            p + "self_attn.k_proj.weight": (kv * hd, h), p + "self_attn.k_proj.bias": (kv * hd,),
+            p + "self_attn.v_proj.weight": (kv * hd, h), p + "self_attn.v_proj.bias": (kv * hd,),
+            p + "self_attn.o_proj.weight": (h, heads * hd), p + "self_attn.o_proj.bias": (h,), p + "self_attn.sinks": (heads,),
+            p + "mlp.router.weight": (experts, h), p + "mlp.router.bias": (experts,),
+            p + "mlp.experts.gate_up_proj_bias": (experts, 2 * ffn), p + "mlp.experts.down_proj_bias": (experts, h)}
+    shapes = {k: (v, "BF16") for k, v in bf16.items()}
     config = {"model_type": "gpt_oss", "hidden_size": h, "intermediate_size": ffn, "num_local_experts": experts,
               "num_experts_per_tok": 4, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
               "num_hidden_layers": 1, "vocab_size": 1024, "rms_norm_eps": 1e-5, "layer_types": ["full_attention"]}
-    src = _sparse_checkpoint(tmp_path / "src", config, shapes)
+    if mxfp4:
+        config["quantization_config"] = {"quant_method": "mxfp4"}
+        for name, rows, cols in (("gate_up_proj", 2 * ffn, h), ("down_proj", h, ffn)):
+            shapes[p + f"mlp.experts.{name}_blocks"] = ((experts, rows, cols // 32, 16), "U8")
+            shapes[p + f"mlp.experts.{name}_scales"] = ((experts, rows, cols // 32), "U8")
+    else:
+        shapes[p + "mlp.experts.gate_up_proj"] = ((experts, h, 2 * ffn), "BF16")
+        shapes[p + "mlp.experts.down_proj"] = ((experts, ffn, h), "BF16")
+    return _sparse_checkpoint(path, config, shapes)
+
+
+@pytest.mark.parametrize("mxfp4", [False, True], ids=["bf16", "mxfp4"])
+def test_gpt_oss_120b_shaped_layer_prunes_in_bounded_memory(tmp_path, mxfp4):
+    """Every axis of the 3-D expert tensors is cut (MXFP4: dequantized and transposed on write)
+    and the run's peak RSS stays under 1 GiB."""
+    src = _gpt_oss_120b_layer(tmp_path / "src", mxfp4)
     script = ("import resource, sys, prune_surgery as ps\n"
               "plan = ps.run(sys.argv[1], sys.argv[2], ps.PruneSpec(sizes={'num_local_experts': 32, 'intermediate_size': 1440, 'hidden_size': 2048}))\n"
               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, plan.peak_bytes)\n")
     done = subprocess.run([sys.executable, "-c", script, str(src), str(tmp_path / "out")], capture_output=True, text=True, check=True)
     rss, peak = (int(x) for x in done.stdout.split()[-2:])
-    print(f"gpt-oss-120b-shaped layer: peak RSS {rss / 2**20:.0f} MiB (plan budget {peak / 2**20:.0f} MiB)")
+    print(f"gpt-oss-120b-shaped layer ({'mxfp4' if mxfp4 else 'bf16'}): peak RSS {rss / 2**20:.0f} MiB (plan budget {peak / 2**20:.0f} MiB)")
     assert rss < 2**30
+    p = "model.layers.0.mlp.experts."
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "np") as f:
-        assert list(f.get_slice(p + "mlp.experts.gate_up_proj").get_shape()) == [32, 2048, 2880]
-        assert list(f.get_slice(p + "mlp.experts.down_proj").get_shape()) == [32, 1440, 2048]
+        assert list(f.get_slice(p + "gate_up_proj").get_shape()) == [32, 2048, 2880]
+        assert list(f.get_slice(p + "down_proj").get_shape()) == [32, 1440, 2048]
 
 
 def test_cli_num_experts_reaches_the_routed_experts(ckpts, tmp_path):

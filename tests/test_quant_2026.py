@@ -137,4 +137,7 @@ def test_mxfp4_other_cuts_dequantize_and_transpose(mxfp4, tmp_path):
     assert list(b["model.layers.0.mlp.experts.gate_up_proj"].shape) == [3, 48, 40]
     assert list(b["model.layers.0.mlp.experts.down_proj"].shape) == [3, 20, 48]
     assert not any(k.endswith(("_blocks", "_scales")) for k in b) and "quantization_config" not in plan.new_config
+    ps.run(mxfp4, tmp_path / "small", ps.PruneSpec(sizes={"hidden_size": 48, "intermediate_size": 20, "num_local_experts": 3}),
+           block_bytes=1000)  # blocks of 32 input columns: two per expert of gate_up_proj
+    assert all(b[k].numpy().tobytes() == v.numpy().tobytes() for k, v in mtp_tensors(tmp_path / "small").items())
     _check_mx(mxfp4, tmp_path / "out")
