@@ -14,7 +14,9 @@ decides, per weight:
 - every pruned axis keeps whole blocks (experts, layers, o_proj's 128-wide MLA heads...): the
   FP8 bytes are sliced as usual and the scale tensor is sliced by the kept blocks, so the
   format is kept bit for bit;
-- any other cut (or `--dequantize`, or a weight that must be rescaled): the weight is
+- a weight that hidden pruning rescales (q/k before q/k norms) keeps its FP8 codes and has
+  its scales rescaled instead;
+- any other cut (or `--dequantize`, or an MXFP4 weight that must be rescaled): the weight is
   dequantized on write to the model's dtype (config `dtype` / `torch_dtype`, bf16 if unset),
   its scale tensor is dropped, and its module joins `quantization_config.modules_to_not_convert`
   (the whole config entry is dropped when nothing stays quantized).
@@ -145,7 +147,10 @@ def plan_quantized(arch: "Architecture", ckpt: "Checkpoint", fmt: BlockFormat, t
             if len(shape) < len(fmt.block):
                 raise ArchitectureError(f"{tp.source.name}: a {fmt.label} tensor needs {len(fmt.block)} axes, got shape {list(tp.source.shape)}")
             blocks[id(tp)] = [_blocks(i, n, b) for i, n, b in zip(tp.index, shape, per_axis)]
-    bad = {_group(arch, tp) for tp in tensors if id(tp) in blocks and (fmt.force or tp.rescale is not None or any(b is False for b in blocks[id(tp)]))}
+    # FP8 values are code * scale: a rescaled weight keeps its codes and rescales its scales
+    # (float32); MXFP4's power-of-two scales cannot carry an arbitrary factor
+    bad = {_group(arch, tp) for tp in tensors if id(tp) in blocks and (
+        fmt.force or (fmt.packed and tp.rescale is not None) or any(b is False for b in blocks[id(tp)]))}
     out: list[TensorPlan] = []
     dequantized: list[str] = []
     for tp in tensors:
@@ -161,7 +166,7 @@ def plan_quantized(arch: "Architecture", ckpt: "Checkpoint", fmt: BlockFormat, t
     notes = []
     if dequantized:
         size = "x".join(str(b) for b in fmt.block)
-        why = "--dequantize" if fmt.force else f"their cuts do not keep whole {size} blocks (or they are rescaled)"
+        why = "--dequantize" if fmt.force else f"their cuts do not keep whole {size} blocks"
         notes.append(f"{len(dequantized)} {fmt.label} tensors are written as {fmt.out_dtype} ({why}), e.g. {dequantized[0]}"
                      + (f"; no tensor stays {fmt.label}, quantization_config is dropped" if not kept_quantized else ""))
         modules = sorted({_group(arch, t) for t in out if t.dequant is not None})
@@ -194,7 +199,8 @@ def _block_sliced(tp: "TensorPlan", fmt: BlockFormat, scale: "TensorRef", blocks
         kept = (*tp.index[:-2], kept[-1])
     shape = tuple(n if i is None else len(i) for n, i in zip(scale.shape, kept))
     name = tp.out.name[: len(tp.out.name) - len(fmt.weight_suffix)] + fmt.scale_suffix
-    return [tp, TensorPlan(scale, OutTensor(name, scale.dtype, shape, math.prod(shape) * ITEMSIZE[scale.dtype]), tp.role, kept)]
+    out = OutTensor(name, scale.dtype, shape, math.prod(shape) * ITEMSIZE[scale.dtype])
+    return [replace(tp, rescale=None, rescale_offset=0.0), TensorPlan(scale, out, tp.role, kept, tp.rescale)]
 
 
 def load_scales(storage: "Storage", dequant: Dequant) -> np.ndarray:

@@ -70,7 +70,7 @@ def test_whole_block_cuts_keep_fp8(fp8, tmp_path):
 def test_other_cuts_dequantize_the_affected_tensors(fp8, tmp_path):
     plan = ps.run(fp8, tmp_path / "out", ps.PruneSpec(sizes=CUT))
     note = next(w for w in plan.warnings if "FP8 tensors are written as F32" in w)
-    assert "whole 16x16 blocks" in note
+    assert "whole 16x16 blocks" in note and "no tensor stays" not in note
     skip = plan.new_config["quantization_config"]["modules_to_not_convert"]
     assert "model.layers.1.mlp.experts" in skip and "model.layers.1.self_attn.q_b_proj" in skip
     kinds = {t.out.name: t.out.dtype for t in plan.tensors}
@@ -141,3 +141,27 @@ def test_mxfp4_other_cuts_dequantize_and_transpose(mxfp4, tmp_path):
            block_bytes=1000)  # blocks of 32 input columns: two per expert of gate_up_proj
     assert all(b[k].numpy().tobytes() == v.numpy().tobytes() for k, v in mtp_tensors(tmp_path / "small").items())
     _check_mx(mxfp4, tmp_path / "out")
+
+
+def test_rescaled_fp8_weights_keep_their_codes(tmp_path):
+    """glm4_moe q/k projections feed q_norm/k_norm: under a whole-block hidden cut they are scaled
+    by sqrt(d/d') through their block scales, the FP8 codes unchanged."""
+    src = quantize_fp8(build(tmp_path / "glm", "glm4_moe"))
+    hidden = list(range(16)) + list(range(32, 64))
+    plan = ps.run(src, tmp_path / "out", ps.PruneSpec(keep={"hidden": hidden}))
+    assert not any("FP8" in w for w in plan.warnings)
+    a, b = mtp_tensors(src), mtp_tensors(tmp_path / "out")
+    q = "model.layers.1.self_attn.q_proj.weight"
+    assert b[q].dtype == torch.float8_e4m3fn
+    np.testing.assert_array_equal(b[q].view(torch.uint8).numpy(), a[q].view(torch.uint8).numpy()[:, hidden])
+    np.testing.assert_allclose(b[q + "_scale_inv"].numpy(), a[q + "_scale_inv"].numpy()[:, [0, 2, 3]] * np.float32(np.sqrt(64 / 48)), rtol=1e-6)
+    _check(src, tmp_path / "out")
+
+
+def test_torch_backend_writes_the_same_bytes(mxfp4, fp8, tmp_path):
+    """Quantized and 3-D paths give identical bytes with the torch backend (--device cpu)."""
+    for name, src, sizes in (("mx", mxfp4, {"num_local_experts": 2}), ("mx_deq", mxfp4, {"hidden_size": 48}), ("fp8", fp8, CUT)):
+        ps.run(src, tmp_path / f"{name}_np", ps.PruneSpec(sizes=sizes))
+        ps.run(src, tmp_path / f"{name}_torch", ps.PruneSpec(sizes=sizes), device="cpu", block_bytes=1000)
+        a, b = mtp_tensors(tmp_path / f"{name}_np"), mtp_tensors(tmp_path / f"{name}_torch")
+        assert set(a) == set(b) and all(a[k].view(torch.uint8).numpy().tobytes() == b[k].view(torch.uint8).numpy().tobytes() for k in a), name
