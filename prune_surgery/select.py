@@ -91,6 +91,12 @@ def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, 
             for n in (sizes[name], targets[name]):
                 if n % spec.balance:
                     raise SpecError(f"--balance {spec.balance} needs {space.keys[0]} sizes divisible by it ({sizes[name]} -> {targets[name]})")
+    sized_by: dict[str, str] = {}  # spaces sized by one config key (moe_ffn, shared_ffn) must agree
+    for name, space in arch.spaces.items():
+        other = sized_by.setdefault(space.keys[0], name)
+        if targets[other] != targets[name]:
+            raise SpecError(f"{other} and {name} are both sized by {space.keys[0]}; keep the same number in both "
+                            f"({targets[other]} != {targets[name]})")
     for rule in arch.require:
         kind = next(k for k in RULES if k in rule)
         (a, va), (b, vb) = (_operand(arch, sizes, targets, x) for x in rule[kind])

@@ -115,6 +115,17 @@ def test_keep_file_must_balance_groups(ckpts, tmp_path):
         ps.plan(src, ps.PruneSpec(keep=keep))
 
 
+def test_shared_and_routed_expert_widths_share_one_key(ckpts):
+    """moe_intermediate_size sizes the routed and the shared experts: a keep file must agree."""
+    src = ckpts["glm4_moe"]
+    keep = {"shared_ffn": {str(layer): list(range(20)) for layer in range(5)}}
+    with pytest.raises(SpecError, match="both sized by moe_intermediate_size"):
+        ps.plan(src, ps.PruneSpec(keep=keep))
+    plan = ps.plan(src, ps.PruneSpec(sizes={"moe_intermediate_size": 20}))
+    assert plan.new_config["moe_intermediate_size"] == 20
+    assert {t.out.shape for t in plan.tensors if t.out.name.endswith("shared_experts.up_proj.weight")} == {(20, 64)}
+
+
 def test_qk_norm_scaling_follows_use_qk_norm(ckpts):
     """q/k are scaled by sqrt(d/d') only where q_norm/k_norm share the rescaled eps."""
     spec = ps.PruneSpec(sizes={"hidden_size": 48})
