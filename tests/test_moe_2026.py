@@ -253,7 +253,7 @@ def test_gpt_oss_120b_shaped_layer_prunes_in_bounded_memory(tmp_path, mxfp4):
     and the run's peak RSS stays under 1 GiB."""
     src = _gpt_oss_120b_layer(tmp_path / "src", mxfp4)
     script = ("import resource, sys, prune_surgery as ps\n"
-              "plan = ps.run(sys.argv[1], sys.argv[2], ps.PruneSpec(sizes={'num_local_experts': 32, 'intermediate_size': 1440, 'hidden_size': 2048}))\n"
+              "plan = ps.run(sys.argv[1], sys.argv[2], ps.PruneSpec(sizes={'num_local_experts': 16, 'intermediate_size': 1440, 'hidden_size': 2048}))\n"
               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, plan.peak_bytes)\n")
     done = subprocess.run([sys.executable, "-c", script, str(src), str(tmp_path / "out")], capture_output=True, text=True, check=True)
     rss, peak = (int(x) for x in done.stdout.split()[-2:])
@@ -261,8 +261,8 @@ def test_gpt_oss_120b_shaped_layer_prunes_in_bounded_memory(tmp_path, mxfp4):
     assert rss < 2**30
     p = "model.layers.0.mlp.experts."
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "np") as f:
-        assert list(f.get_slice(p + "gate_up_proj").get_shape()) == [32, 2048, 2880]
-        assert list(f.get_slice(p + "down_proj").get_shape()) == [32, 1440, 2048]
+        assert list(f.get_slice(p + "gate_up_proj").get_shape()) == [16, 2048, 2880]
+        assert list(f.get_slice(p + "down_proj").get_shape()) == [16, 1440, 2048]
 
 
 def test_cli_num_experts_reaches_the_routed_experts(ckpts, tmp_path):
