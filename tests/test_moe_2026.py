@@ -273,3 +273,17 @@ def test_cli_num_experts_reaches_the_routed_experts(ckpts, tmp_path):
     done = CliRunner().invoke(app, ["plan", str(ckpts["deepseek_v3"]), "--num-experts", "4", "--json"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.output)["new_config"]["n_routed_experts"] == 4
+
+
+def test_mla_latent_and_rope_widths_are_refused(ckpts):
+    for key in ("qk_rope_head_dim", "kv_lora_rank", "qk_nope_head_dim"):
+        with pytest.raises(SpecError, match=f"{key} cannot be pruned"):
+            ps.plan(ckpts["deepseek_v3"], ps.PruneSpec(sizes={key: 2}))
+
+
+def test_magnitude_experts_stay_group_balanced(ckpts, tmp_path):
+    src = ckpts["deepseek_v3"]
+    ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"n_routed_experts": 4}, method="magnitude"))
+    for kept in keep_of(tmp_path / "out")["experts"].values():
+        assert [sum(1 for e in kept if e // 4 == g) for g in range(2)] == [2, 2]
+    _check(src, tmp_path / "out")
