@@ -61,16 +61,18 @@ def bf16_models(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_peak_traced_memory_does_not_grow_with_the_model(bf16_models, tmp_path):
-    peaks, sizes = {}, {}
+    peaks, sizes, budgets = {}, {}, {}
     for name, src in bf16_models.items():
         tracemalloc.start()
         plan = ps.run(src, tmp_path / name, JOB, block_bytes=256 << 10)
         peaks[name] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        sizes[name] = plan.bytes_before
-    assert sizes["large"] > 3 * sizes["small"]
+        sizes[name], budgets[name] = plan.bytes_before, plan.peak_bytes
+    assert sizes["large"] > 3 * sizes["small"] and budgets["large"] == budgets["small"]
     assert peaks["large"] < 3 << 20, peaks  # fixed budget: a few row blocks, not the model
-    assert peaks["large"] < 1.5 * peaks["small"] + (512 << 10), peaks
+    # bounded by the plan's own budget (blocks in flight), which does not grow with the model; how many
+    # blocks are in flight at once depends on thread scheduling, so the small run is no baseline
+    assert peaks["large"] < budgets["large"] + (1 << 20), (peaks, budgets)
 
 
 def test_core_path_never_imports_torch(bf16_models, tmp_path):
