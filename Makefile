@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean gguf-converter
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: setup
 
 test: setup .venv-mcore/.installed
 	$(PY) -m pytest
+
+# llama.cpp's converter for `prune-surgery gguf`, fetched ahead of time (otherwise on first use)
+gguf-converter: setup
+	$(PY) -m prune_surgery.llamacpp.converter
 
 bench: setup
 	$(PY) bench/run_bench.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -13,12 +14,18 @@ from .arch import Architecture, architecture_for
 from .backend import make_backend
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import CheckpointError, SpecError
-from .output import atomic_folder, check_output, is_tokenizer_file, side_files
+from .guard import check_space
+from .llamacpp.identity import source_tokenizer_entry
+from .output import atomic_folder, bytes_needed, check_output, is_tokenizer_file, side_files
 from .plan import BLOCK_BYTES, Plan, build_plan
 from .sizes import source_sizes
 from .spec import PruneSpec
 from .storage import LocalStorage, Storage
 from .stream import execute
+from .verify import shard_digests
+
+
+SCORES_NAME = "scores.safetensors"  # the activation statistics an output was selected by
 
 
 @dataclass
@@ -75,23 +82,73 @@ def inspect(src: str | Path, *, revision: str | None = None, stream: bool = Fals
 
 
 def plan(src: str | Path, spec: PruneSpec | None = None, *, revision: str | None = None,
-         stream: bool = False, block_bytes: int = BLOCK_BYTES) -> Plan:
-    """Plan a pruning run without writing anything."""
+         stream: bool = False, block_bytes: int = BLOCK_BYTES, out: str | Path | None = None) -> Plan:
+    """Plan a pruning run without writing anything (`--calibration` data is calibrated in a temporary folder).
+
+    With `out`, also check that its filesystem has room for everything the run would write.
+    """
     source = open_source(src, revision=revision, stream=stream)
-    return build_plan(source.checkpoint, source.arch, spec or PruneSpec(), source.record, block_bytes)
+    with tempfile.TemporaryDirectory(prefix="prune-surgery-") as work:
+        spec = with_scores(src, spec or PruneSpec(), Path(work), revision)
+        the_plan = build_plan(source.checkpoint, source.arch, spec, source.record, block_bytes)
+    if out is not None:
+        check_space(Path(out).resolve(), _needed(the_plan, source.storage))
+    return the_plan
+
+
+def _needed(the_plan: Plan, storage: Storage) -> int:
+    kept = sum(len(v) if isinstance(v, list) else sum(len(x) for x in v.values()) for v in the_plan.keep.values())
+    return bytes_needed(the_plan.shards, storage, kept)
+
+
+def with_scores(src: str | Path, spec: PruneSpec, work: Path, revision: str | None = None) -> PruneSpec:
+    """`spec` with a scores file: calibrated now into `work` when only `--calibration` data was given;
+    with `--depth ppl`, the layers to drop are chosen now by perplexity on the calibration data."""
+    if spec.depth == "ppl" and spec.drop_layers is None and not spec.keep:
+        spec = _depth_by_ppl(src, spec, revision)
+    if spec.method != "activation" or spec.scores or not spec.calibration or spec.keep:
+        return spec
+    from .calibrate.calibration import calibrate
+
+    path = work / SCORES_NAME
+    calibrate(src, spec.calibration, path, revision=revision, **calibration_size(spec))
+    return replace(spec, scores=str(path))
+
+
+def _depth_by_ppl(src: str | Path, spec: PruneSpec, revision: str | None) -> PruneSpec:
+    source = open_source(src, revision=revision)
+    sizes = source_sizes(source.arch, source.checkpoint.config)
+    target = next((spec.sizes[k] for k in source.arch.spaces["layers"].keys if k in spec.sizes), sizes["layers"])
+    if target >= sizes["layers"]:
+        return spec
+    from .calibrate.depth import SPLIT_SAMPLES, greedy_ppl_drop
+
+    assert spec.calibration
+    drop = greedy_ppl_drop(src, spec.calibration, sizes["layers"] - target, revision=revision,
+                           samples=min(spec.calibration_samples or SPLIT_SAMPLES, SPLIT_SAMPLES),
+                           seq_len=spec.calibration_seq_len or 256)
+    return replace(spec, drop_layers=tuple(drop))
+
+
+def calibration_size(spec: PruneSpec) -> dict[str, int]:
+    """The windows a spec asks calibration (and refit) to use; the defaults of `calibrate` otherwise."""
+    sizes = {"samples": spec.calibration_samples, "seq_len": spec.calibration_seq_len}
+    return {k: v for k, v in sizes.items() if v}
 
 
 def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revision: str | None = None,
         stream: bool = False, overwrite: bool = False, device: str | None = None, workers: int | None = None,
         block_bytes: int = BLOCK_BYTES, command: str | None = None,
-        progress: Callable[[Plan], Callable[[int], None] | None] | None = None) -> Plan | dict[str, Any]:
+        progress: Callable[[Plan], Callable[[int], None] | None] | None = None,
+        note: Callable[[str], None] | None = None) -> Plan | dict[str, Any]:
     """Prune `src` into the folder `out` (atomically) and return the executed plan.
 
     A Megatron-LM checkpoint folder is pruned rank by rank instead (see `run_megatron`), and
     its run record is returned.
 
     `progress`, if given, is called with the plan and returns a callback that receives the
-    number of bytes written after each tensor.
+    number of bytes written after each tensor.  `note` receives one-line remarks (leftovers of
+    killed runs removed or left alone; default: printed to stderr).
     """
     out = Path(out)
     if not revision and Path(src).is_dir():
@@ -102,13 +159,29 @@ def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revi
     source = open_source(src, revision=revision, stream=stream)
     check_output(out, source.local_root, overwrite)
     backend = make_backend(device)
-    the_plan = build_plan(source.checkpoint, source.arch, spec or PruneSpec(), source.record, block_bytes)
-    callback = progress(the_plan) if progress else None
-    with atomic_folder(out) as tmp:
-        execute(the_plan, source.storage, tmp, backend=backend, block_bytes=block_bytes, workers=workers, progress=callback)
-        write_side_files(the_plan, source.storage, tmp)
-        (tmp / "config.json").write_text(json.dumps(the_plan.new_config, indent=2, sort_keys=True) + "\n")
-        (tmp / "prune_surgery.json").write_text(record_json(run_record(the_plan, command)))
+    with tempfile.TemporaryDirectory(prefix="prune-surgery-") as work:
+        spec = with_scores(src, spec or PruneSpec(), Path(work), revision)
+        the_plan = build_plan(source.checkpoint, source.arch, spec, source.record, block_bytes)
+        callback = progress(the_plan) if progress else None
+        needed = _needed(the_plan, source.storage)
+        with atomic_folder(out, overwrite=overwrite, needed=needed, note=note) as tmp:
+            execute(the_plan, source.storage, tmp, backend=backend, block_bytes=block_bytes, workers=workers, progress=callback)
+            write_side_files(the_plan, source.storage, tmp)
+            (tmp / "config.json").write_text(json.dumps(the_plan.new_config, indent=2, sort_keys=True) + "\n")
+            refit = None
+            if spec.refit:
+                from .refit import refit_folder
+
+                refit = refit_folder(the_plan, source, tmp, spec, device=device)  # rewrites tensor values in place
+            digests = shard_digests(tmp, [s.file for s in the_plan.shards])
+            record = run_record(the_plan, command, digests)
+            record.update(source_tokenizer_entry(source.storage, "vocab" in the_plan.keep))  # for `prune-surgery gguf`
+            if refit is not None:
+                record["refit"] = refit
+            if spec.method == "activation" and spec.scores and not spec.keep:
+                shutil.copyfile(spec.scores, tmp / SCORES_NAME)  # the statistics the selection ranked by
+                record["spec"]["scores"] = SCORES_NAME
+            (tmp / "prune_surgery.json").write_text(record_json(record))
     return the_plan
 
 
@@ -121,10 +194,10 @@ def megatron_keep(src: Path, spec: PruneSpec) -> tuple[dict[str, Any], PruneSpec
     from .megatron.importer import megatron_config
     from .select import select_keep, targets_and_layers
 
-    if spec.method != "random" or spec.keep_vocab is not None:
+    if spec.method not in ("random", "magnitude"):
         raise SpecError(
-            "Megatron checkpoints are pruned with random (balanced) selection or --keep; for magnitude or "
-            "vocabulary pruning, 'prune-surgery megatron import' to Hugging Face first"
+            f"--method {spec.method} is not available on Megatron checkpoints yet; "
+            "'prune-surgery megatron import' to Hugging Face, prune there, and 'megatron export' back"
         )
     ckpt = read_checkpoint(src)
     config = megatron_config(ckpt)
@@ -137,10 +210,18 @@ def megatron_keep(src: Path, spec: PruneSpec) -> tuple[dict[str, Any], PruneSpec
 
 def run_megatron(src: Path, out: Path, spec: PruneSpec, *, overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
     """Prune a Megatron-LM tensor-parallel checkpoint rank by rank; returns its run record."""
-    from .megatron import prune_megatron
+    from .megatron import prune_megatron, read_checkpoint
 
+    if spec.method != "random" or spec.keep_vocab is not None:  # through an HF view: import, prune, export
+        from .megatron.via_hf import prune_via_hf
+
+        dist = read_checkpoint(src).location.dist
+        if not dist and not spec.balance and not spec.keep:
+            spec = replace(spec, balance=read_checkpoint(src).tp)
+        return prune_via_hf(src, out, lambda hf, pruned: run(hf, pruned, spec, command=command),
+                            tp=spec.balance if dist else None, overwrite=overwrite)
     keep, spec, arch, sizes, targets = megatron_keep(src, spec)
-    prune_megatron(src, out, keep, norm_rescale=spec.norm_rescale, overwrite=overwrite)
+    prune_megatron(src, out, keep, norm_rescale=spec.norm_rescale, train_tp=spec.balance, overwrite=overwrite)
     record_path = out / "prune_surgery.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     record.update({
@@ -192,8 +273,10 @@ def record_json(record: dict[str, Any]) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
-def run_record(plan: Plan, command: str | None) -> dict[str, Any]:
-    """The content of OUT/prune_surgery.json: enough to reproduce the run byte for byte."""
+def run_record(plan: Plan, command: str | None, sha256: dict[str, str] | None = None) -> dict[str, Any]:
+    """The content of OUT/prune_surgery.json: enough to reproduce the run byte for byte.
+
+    `sha256` maps each written shard to its digest (what `prune-surgery verify` checks)."""
     return {
         "tool": "prune-surgery",
         "version": __version__,
@@ -204,8 +287,10 @@ def run_record(plan: Plan, command: str | None) -> dict[str, Any]:
         "method": plan.spec.method,
         "seed": plan.spec.seed,
         "norm_rescale": plan.spec.norm_rescale,
+        "calibration": plan.calibration,
         "params": {"before": plan.params_before, "after": plan.params_after},
         "config_changes": plan.changes,
         "plan_hash": plan.plan_hash,
+        **({"sha256": sha256} if sha256 is not None else {}),
         "keep": plan.keep,
     }

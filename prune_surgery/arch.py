@@ -9,7 +9,7 @@ axes, never family names.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import ArchitectureError
+from .tablelayout import apply_layout, renamed_templates
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Segment:
     qk_head_dim rows of q_b_proj but v_head_dim columns of o_proj)."""
 
     space: str
-    multiplier: int = 1
+    multiplier: int | str = 1  # units per index: an integer, or a fixed dim's name (`lin_v_heads*lin_dv`)
     unit: str | None = None
 
 
@@ -42,9 +43,11 @@ class TensorRole:
     optional: bool = False
     tied_to: str | None = None
     pattern: re.Pattern[str] = field(compare=False, default=re.compile(""))
-    norm_final: bool = False  # `norm: final`: feeds the lm_head (see plan._rescale)
-    hidden_scale: bool = False  # multiply by sqrt(d/d') when hidden is pruned (see plan._rescale)
-    scale_if: str | None = None  # `hidden_scale_if: key`: hidden_scale only when that config entry is true
+    norm_final: bool = False  # `norm: final` or `feeds_head: true`: feeds the lm_head (see plan._rescale)
+    residual: str = ""  # "write": adds into the residual stream; "read": reads it raw (see plan._rescale)
+    embed_scale: bool = False  # the model multiplies it by sqrt(hidden_size) at run time (Gemma)
+    copy: bool = False  # `copy: true`: every tensor under the name prefix, copied as is (a vision tower)
+    only: tuple[str, str] | None = None  # `only: {list: layer_types, is: x}`: exactly on the layers of type x
 
     @property
     def placeholders(self) -> tuple[str, ...]:
@@ -62,6 +65,7 @@ class Space:
     unit: str | int = 1
     within: str | None = None
     default: str | None = None
+    mirrors: tuple[str, ...] = ()  # other config keys holding the same size, written with it (a VLM's projector width)
     groups: str | None = None  # a dim: units are chosen in that many equal contiguous groups, the same count in each
 
 
@@ -78,7 +82,6 @@ class Architecture:
     family: str
     model_types: tuple[str, ...]
     norm: str
-    norm_eps: tuple[str, ...]
     tie_key: str | None
     tie_default: bool
     placeholders: dict[str, str]
@@ -92,7 +95,10 @@ class Architecture:
     require: tuple[dict[str, Any], ...]
     layer_steps: tuple[dict[str, Any], ...] = ()
     layer_patterns: tuple[dict[str, Any], ...] = ()
+    layer_dicts: tuple[str, ...] = ()  # `layer_config.dicts`: {"<layer>": ...} config dicts, renumbered
+    layer_shared_tails: tuple[dict[str, Any], ...] = ()  # `layer_config.shared_tail` (KV sharing)
     approximate: str = ""
+    alias_roles: tuple[TensorRole, ...] = ()  # the same roles under another stored layout (`aliases`)
     caveats: tuple[dict[str, Any], ...] = ()
     extra_layers: str | None = None  # a dim: layers numbered after num_hidden_layers (MTP), kept and renumbered
 
@@ -106,7 +112,7 @@ class Architecture:
 
         Raises ArchitectureError naming the tensor when no entry claims it.
         """
-        for role in self.roles.values():
+        for role in (*self.roles.values(), *self.alias_roles):
             found = role.pattern.fullmatch(name)
             if found:
                 return role, {k: int(v) for k, v in found.groupdict().items()}
@@ -130,7 +136,9 @@ def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _compile(template: str) -> re.Pattern[str]:
+def _compile(template: str, copy: bool = False) -> re.Pattern[str]:
+    if copy:  # a name prefix: everything below it
+        return re.compile(re.escape(template) + ".+")
     parts = re.split(r"(\{\w+\})", template)
     regex = "".join(f"(?P<{p[1:-1]}>\\d+)" if p.startswith("{") else re.escape(p) for p in parts)
     return re.compile(regex)
@@ -144,7 +152,9 @@ def _axis(spec: str, known: set[str], where: str) -> tuple[Segment, ...]:
         for name in (space, unit) if unit else (space,):
             if name not in known and not name.isdigit():
                 raise ArchitectureError(f"table {where}: axis {spec!r} names unknown space or dim {name!r}")
-        segments.append(Segment(space, int(mult) if mult else 1, unit or None))
+        if mult and not mult.isdigit() and mult not in known:
+            raise ArchitectureError(f"table {where}: axis {spec!r} multiplies by unknown dim {mult!r}")
+        segments.append(Segment(space, int(mult) if mult.isdigit() else mult or 1, unit or None))
     return tuple(segments)
 
 
@@ -170,7 +180,12 @@ def _resolve(family: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ArchitectureError(f"table {family!r} is missing or extends itself")
     table = tables[family]
     parent = table.get("extends")
-    return _merge(_resolve(parent, seen + (family,)), table) if parent else dict(table)
+    if not parent:
+        return dict(table)
+    inherited = _resolve(parent, seen + (family,))
+    if table.get("rename"):  # the parent's names under another prefix (a VLM's language model)
+        inherited = renamed_templates(inherited, table["rename"], family)
+    return _merge(inherited, table)
 
 
 def _list(value: Any) -> tuple[str, ...]:
@@ -180,23 +195,33 @@ def _list(value: Any) -> tuple[str, ...]:
 @lru_cache(maxsize=None)
 def load_architecture(family: str) -> Architecture:
     """Resolve a family's table (with inheritance) into an Architecture."""
-    t = _resolve(family)
+    t = apply_layout(_resolve(family), family)
     spaces = {
-        n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"), s.get("groups"))
+        n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"),
+                 _list(s.get("mirrors")), s.get("groups"))
         for n, s in t.get("spaces", {}).items()
     }
     dims = dict(t.get("dims", {}))
     known = set(spaces) | set(dims)
     roles = {}
     for role, entry in t.get("tensors", {}).items():
-        axes = tuple(_axis(a, known, f"{family}.{role}") for a in entry["axes"])
-        norm = entry.get("norm")
-        if norm not in (None, False, True, "final"):
-            raise ArchitectureError(f"table {family}.{role}: norm must be true or 'final', got {norm!r}")
+        axes = tuple(_axis(a, known, f"{family}.{role}") for a in entry.get("axes", []))
+        norm, residual = entry.get("norm"), entry.get("residual", "")
+        if norm not in (None, False, True, "final", "post"):
+            raise ArchitectureError(f"table {family}.{role}: norm must be true, 'final' or 'post', got {norm!r}")
+        if residual not in ("", "write", "read"):
+            raise ArchitectureError(f"table {family}.{role}: residual must be 'write' or 'read', got {residual!r}")
+        if "hidden_scale" in entry or "hidden_scale_if" in entry:
+            raise ArchitectureError(
+                f"table {family}.{role}: `hidden_scale` is gone: hidden pruning keeps every eps and scales the residual "
+                "stream instead; mark what adds into it `residual: write`, a run-time sqrt(hidden_size) `embed_scale: true`, "
+                "and drop the flag from q/k projections (see tables/README.md)"
+            )
         roles[role] = TensorRole(
-            role, entry["name"], axes, bool(norm), bool(entry.get("optional")),
-            entry.get("tied_to"), _compile(entry["name"]), norm == "final",
-            bool(entry.get("hidden_scale") or entry.get("hidden_scale_if")), entry.get("hidden_scale_if"),
+            role, entry["name"], axes, norm in (True, "final"), bool(entry.get("optional")),
+            entry.get("tied_to"), _compile(entry["name"], bool(entry.get("copy"))), norm == "final" or bool(entry.get("feeds_head")),
+            residual, bool(entry.get("embed_scale")), bool(entry.get("copy")),
+            (entry["only"]["list"], entry["only"]["is"]) if entry.get("only") else None,
         )
     if t.get("norm", "rms") not in NORM_OFFSETS:
         raise ArchitectureError(f"table {family}: norm must be one of {', '.join(NORM_OFFSETS)}")
@@ -216,28 +241,53 @@ def load_architecture(family: str) -> Architecture:
             raise ArchitectureError(f"table {family}: {name!r} (groups / extra_layers) must be a dim")
     layer_config = t.get("layer_config", {})
     tie = t.get("tie", {})
+    alias_roles, alias_drop = _aliased(roles, list(t.get("drop", [])), list(t.get("aliases", [])), family)
     return Architecture(
         family=family,
         model_types=_list(t.get("model_types", [family])),
         norm=t.get("norm", "rms"),
-        norm_eps=_list(t.get("norm_eps")),
         tie_key=tie.get("key"),
         tie_default=bool(tie.get("default", False)),
         placeholders=dict(t.get("placeholders", {})),
         spaces=spaces,
         dims=dims,
         roles=roles,
-        drop=tuple(_compile(d) for d in t.get("drop", [])),
+        drop=tuple(_compile(d) for d in [*t.get("drop", []), *alias_drop]),
         layer_lists=_list(layer_config.get("lists")),
         layer_counts=_list(layer_config.get("counts")),
         layer_ids=_list(layer_config.get("ids")),
         require=tuple(t.get("require", [])),
         layer_steps=tuple(layer_config.get("steps", [])),
         layer_patterns=tuple(layer_config.get("patterns", [])),
+        layer_dicts=_list(layer_config.get("dicts")),
+        layer_shared_tails=tuple(layer_config.get("shared_tail", [])),
         approximate=str(t.get("approximate", "")),
+        alias_roles=alias_roles,
         caveats=tuple(t.get("caveats", [])),
         extra_layers=t.get("extra_layers"),
     )
+
+
+def _aliased(roles: dict[str, TensorRole], drop: list[str], aliases: list[dict[str, str]], family: str) -> tuple[tuple[TensorRole, ...], list[str]]:
+    """Roles and drop templates rewritten for each alternative stored layout (`aliases`).
+
+    An alias `{canonical: "transformer.", stored: ""}` says that a checkpoint may store every
+    name that the table writes with the prefix `canonical` with the prefix `stored` instead
+    (GPT-2 on the Hub has no `transformer.`; older VLM checkpoints say `language_model.model.`).
+    An aliased tensor keeps its stored name in the output.
+    """
+    extra: list[TensorRole] = []
+    more_drop: list[str] = []
+    for alias in aliases:
+        if set(alias) != {"canonical", "stored"}:
+            raise ArchitectureError(f"table {family}: an alias needs exactly `canonical` and `stored` prefixes: {alias}")
+        old, new = str(alias["canonical"]), str(alias["stored"])
+        for role in roles.values():
+            if role.template.startswith(old):
+                template = new + role.template[len(old):]
+                extra.append(replace(role, template=template, pattern=_compile(template, role.copy)))
+        more_drop += [new + d[len(old):] for d in drop if d.startswith(old)]
+    return tuple(extra), more_drop
 
 
 def families() -> list[str]:

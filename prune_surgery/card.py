@@ -105,6 +105,29 @@ def _spec_block(spec: Any) -> str:
     return "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(spec.items())) + "\n}"
 
 
+def _gguf_section(record: dict[str, Any], repo_id: str | None) -> str:
+    """How to get a GGUF for llama.cpp / Ollama / LM Studio (vocabulary-pruned models need prune-surgery's path)."""
+    keep = record.get("keep")
+    vocab_pruned = isinstance(keep, dict) and "vocab" in keep
+    name = (repo_id or "this-model").split("/")[-1]
+    download = f"hf download {repo_id} --local-dir {name}" if repo_id else f"# download this repo into {name}/"
+    lines = [
+        "## GGUF (llama.cpp, Ollama, LM Studio)",
+        "Convert with llama.cpp's own converter, driven by prune-surgery:",
+        "```bash\n" + "\n".join(["pip install 'prune-surgery[gguf]'", download,
+                                   f"prune-surgery gguf {name} {name}-f16.gguf --outtype f16"]) + "\n```",
+    ]
+    if vocab_pruned:
+        lines.append(
+            "The vocabulary was pruned, so token ids were renumbered: llama.cpp's `convert_hf_to_gguf.py` run on its "
+            "own no longer recognises the pre-tokenizer. `prune-surgery gguf` pins the source tokenizer's identity "
+            "recorded in `prune_surgery.json` (`source_tokenizer`), and the GGUF tokenizes exactly as this checkpoint does."
+        )
+    else:
+        lines.append("The vocabulary is the source's, so `convert_hf_to_gguf.py` from llama.cpp also works directly.")
+    return "\n\n".join(lines)
+
+
 def render_model_card(out_dir: Path, repo_id: str | None = None) -> str:
     """The README.md for the pruned checkpoint in `out_dir` (tolerates missing record keys).
 
@@ -146,5 +169,6 @@ def render_model_card(out_dir: Path, repo_id: str | None = None) -> str:
         "benchmarks, and keep the recovery data close to the source model's training mix.",
         "Load it like any `transformers` checkpoint: "
         f"`AutoModelForCausalLM.from_pretrained({load})`.",
+        _gguf_section(record, repo_id),
     ]
     return "\n\n".join(p.rstrip() for p in parts if p) + "\n"

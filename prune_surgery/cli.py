@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -36,7 +36,13 @@ Ffn = typer.Option(None, "--intermediate-size", help="Target FFN size")
 Experts = typer.Option(None, "--num-experts", help="Target experts per MoE layer (num_experts_per_tok must stay <= N)")
 MoeFfn = typer.Option(None, "--moe-intermediate-size", help="Target FFN size of each expert (Qwen-MoE)")
 SharedFfn = typer.Option(None, "--shared-expert-intermediate-size", help="Target FFN size of the shared expert (Qwen-MoE)")
-Method = typer.Option(None, "--method", help="random (seeded) or magnitude (largest L2 norm)")
+Method = typer.Option(None, "--method", help="random (seeded), magnitude (largest L2 norm) or activation (needs --scores or --calibration)")
+ScoresFile = typer.Option(None, "--scores", help="Activation statistics from 'prune-surgery calibrate' (--method activation)")
+Calibration = typer.Option(None, "--calibration", help="Data file(s) to calibrate on the fly for --method activation and --refit (repeatable)")
+Refit = typer.Option(None, "--refit", help="Least-squares refit of the tensors that read pruned units: oneshot (default) or sequential")
+Depth = typer.Option(None, "--depth", help="With --method activation: influence (lowest block influence, default), block (closest contiguous block) or ppl (greedy by calibration perplexity; needs --calibration)")
+CalSamples = typer.Option(None, "--calibration-samples", help="Windows of --calibration data (default 32)")
+CalSeqLen = typer.Option(None, "--calibration-seq-len", help="Tokens per calibration window (default 512)")
 Seed = typer.Option(None, "--seed", help="Seed of random selection (default 1234)")
 Balance = typer.Option(None, "--balance", help="Keep the same count in each of N contiguous partitions (tensor parallel)")
 KeepFile = typer.Option(None, "--keep", help="Explicit kept indices (a prune_surgery.json or its 'keep' object)")
@@ -55,9 +61,11 @@ def _spec(spec_file: Optional[Path], **options: Any) -> PruneSpec:
 
 
 def _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn, method, seed,
-                  balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, dequantize=False) -> PruneSpec:  # type: ignore[no-untyped-def]
+                  balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores=None, calibration=None,
+                  refit=None, cal_samples=None, cal_seq_len=None, depth=None, dequantize=False) -> PruneSpec:  # type: ignore[no-untyped-def]
     return _spec(
-        spec_file, drop_layers=drop_layers, num_hidden_layers=num_layers, hidden_size=hidden,
+        spec_file, scores=scores, calibration=[str(c) for c in calibration] if calibration else None, refit=refit, depth=depth,
+        calibration_samples=cal_samples, calibration_seq_len=cal_seq_len, drop_layers=drop_layers, num_hidden_layers=num_layers, hidden_size=hidden,
         num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=ffn, num_experts=experts,
         moe_intermediate_size=moe_ffn, shared_expert_intermediate_size=shared_ffn, method=method,
         seed=seed, balance=balance, keep=keep, keep_vocab=keep_vocab, pad_vocab_to_multiple_of=pad_vocab,
@@ -84,12 +92,17 @@ def plan(src: str = Src, spec_file: Optional[Path] = SpecFile, drop_layers: Opti
          seed: Optional[int] = Seed, balance: Optional[int] = Balance, keep: Optional[Path] = KeepFile,
          keep_vocab: Optional[Path] = KeepVocab, pad_vocab: Optional[int] = PadVocab,
          no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize, dequantize: bool = Dequantize,
+         scores: Optional[Path] = ScoresFile, calibration: Optional[List[Path]] = Calibration,
+         refit: Optional[str] = Refit, depth: Optional[str] = Depth, cal_samples: Optional[int] = CalSamples,
+         cal_seq_len: Optional[int] = CalSeqLen,
          revision: Optional[str] = Revision, stream: bool = Stream,
+         out: Optional[Path] = typer.Option(None, "--out", help="Also check that OUT's disk has room for the run"),
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output")) -> None:
     """Plan the pruning: new config, sizes, shards, memory, warnings. Writes nothing."""
     spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn,
-                         method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, dequantize)
-    the_plan = api.plan(src, spec, revision=revision, stream=stream)
+                         method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores, calibration,
+                         refit, cal_samples, cal_seq_len, depth, dequantize)
+    the_plan = api.plan(src, spec, revision=revision, stream=stream, out=out)
     if as_json:
         typer.echo(json.dumps(plan_json(the_plan), indent=1))
     else:
@@ -119,6 +132,9 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
         seed: Optional[int] = Seed, balance: Optional[int] = Balance, keep: Optional[Path] = KeepFile,
         keep_vocab: Optional[Path] = KeepVocab, pad_vocab: Optional[int] = PadVocab,
         no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize, dequantize: bool = Dequantize,
+        scores: Optional[Path] = ScoresFile, calibration: Optional[List[Path]] = Calibration,
+        refit: Optional[str] = Refit, depth: Optional[str] = Depth, cal_samples: Optional[int] = CalSamples,
+        cal_seq_len: Optional[int] = CalSeqLen,
         revision: Optional[str] = Revision, stream: bool = Stream,
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists and is not empty"),
         device: Optional[str] = typer.Option(None, "--device", help="Slice with torch on cpu or cuda (default: numpy)"),
@@ -131,14 +147,15 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
         as_json: bool = typer.Option(False, "--json", help="Print the executed plan as JSON")) -> None:
     """Prune SRC into OUT: new shards, config.json, tokenizer files and prune_surgery.json."""
     spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn,
-                         method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, dequantize)
+                         method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores, calibration,
+                         refit, cal_samples, cal_seq_len, depth, dequantize)
     bar, factory = _progress_factory(quiet)
     if quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     command = "prune-surgery " + shlex.join(sys.argv[1:])
     try:
         the_plan = api.run(src, out, spec, revision=revision, stream=stream, overwrite=overwrite, device=device,
-                           workers=workers, command=command, progress=factory)
+                           workers=workers, command=command, progress=factory, note=_note)
     finally:
         if bar is not None:
             bar.stop()
@@ -162,24 +179,56 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
         console.print(f"pushed {out} to {url}")
 
 
-CORE_COMMANDS = ("inspect", "plan", "run")
+def _note(line: str) -> None:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"note: {line}", markup=False)
+
+
+@app.command()
+def verify(out: Path = typer.Argument(..., help="Output folder of a finished run")) -> None:
+    """Re-read OUT: every header, the index, config vs shapes, each shard's recorded sha256. Exit 1 if any differs."""
+    from .verify import verify_output
+
+    problems = verify_output(out)
+    for line in problems:
+        typer.echo(f"differs: {line}")
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{out}: every header, the index, config.json and every shard's sha256 check out")
+
+
+CORE_COMMANDS = ("inspect", "plan", "run", "verify")
 
 
 def register_subcommands() -> None:
-    """Add `push`, `vocab ...` and `megatron ...` (imported only when they may be used)."""
+    """Add `push`, `gguf`, `calibrate`, `eval`, `scores`, `vocab ...` and `megatron ...` (imported only when they may be used)."""
+    from .calibrate.cli import register as register_calibrate
     from .cli_hub import register
+    from .llamacpp.cli import register as register_gguf
     from .megatron.cli import app as megatron_app
     from .vocab.cli import app as vocab_app
 
     register(app)
+    register_calibrate(app)
+    register_gguf(app)
     app.add_typer(vocab_app, name="vocab", help="Vocabulary pruning: count token frequencies, verify tokenization")
     app.add_typer(megatron_app, name="megatron", help="Megatron-LM tensor-parallel checkpoints: export, import, reshard")
+
+
+def _bare_refit(argv: list[str]) -> list[str]:
+    """`--refit` alone means `--refit oneshot` (typer options always take a value)."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--refit" and (i + 1 == len(out) or out[i + 1] not in ("oneshot", "sequential")):
+            out.insert(i + 1, "oneshot")
+            break
+    return out
 
 
 def main() -> None:
     """Entry point: run the app; deliberate errors become one line and exit status 2."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    sys.argv = _bare_refit(sys.argv)
     if command not in CORE_COMMANDS:  # keeps start-up of the hot path short (~60 ms)
         register_subcommands()
     try:

@@ -61,7 +61,9 @@ _F8 = {"F8_E4M3": _f8_table(4, 3, 7, True), "F8_E5M2": _f8_table(5, 2, 15, False
 def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Decode raw elements (as produced by :func:`raw_dtype`) to float32 values."""
     if dtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        wide = raw.astype(np.uint32)
+        wide <<= 16  # in place: one temporary per block (the stream rescales whole embeddings)
+        return wide.view(np.float32)
     if dtype in _FLOATS:
         return raw.view(_FLOATS[dtype]).astype(np.float32)
     if dtype in _F8:
@@ -76,9 +78,14 @@ def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
     values = np.ascontiguousarray(values, dtype=np.float32)
     if dtype == "BF16":
         bits = values.view(np.uint32)
-        rounded = (bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16
+        rounded = bits >> 16  # (bits + ((bits >> 16) & 1) + 0x7FFF) >> 16, in place (one temporary)
+        rounded &= 1
+        rounded += 0x7FFF
+        rounded += bits
+        rounded >>= 16
         nan = np.isnan(values)
-        return np.where(nan, (bits >> 16) | 0x40, rounded).astype(np.uint16)
+        rounded[nan] = (bits[nan] >> 16) | 0x40
+        return rounded.astype(np.uint16)
     if dtype in _FLOATS:
         return values.astype(_FLOATS[dtype]).view(raw_dtype(dtype))
     raise CheckpointError(

@@ -44,3 +44,7 @@ class SourceError(PruneSurgeryError):
 
 class TokenizerError(PruneSurgeryError):
     """The tokenizer cannot be read or rewritten for vocabulary pruning."""
+
+
+class ConversionError(PruneSurgeryError):
+    """An output cannot become a GGUF: llama.cpp's converter does not know its architecture or tokenizer."""

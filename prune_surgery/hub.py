@@ -19,13 +19,13 @@ import fnmatch
 import json
 import os
 import re
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, OutputError, PruneSurgeryError, SourceError
+from .retry import checked_shards, partial_bytes, quiet_hub_log, read_range, retry_call, with_retries
 from .storage import LocalStorage, Storage
 
 HF_PREFIX = "hf://"
@@ -145,6 +145,8 @@ def _hub_errors(repo_id: str, revision: str | None, *, push: bool) -> Iterator[N
         message = _describe(exc, repo_id, revision, push=push)
         if message is None:
             raise
+        if getattr(exc, "prune_surgery_attempts", 0) > 1:
+            message += f" (gave up after {exc.prune_surgery_attempts} attempts)"  # type: ignore[attr-defined]
         raise (OutputError if push else SourceError)(message) from None
 
 
@@ -196,7 +198,8 @@ def resolve_hub_source(src: str, revision: str | None, stream: bool) -> tuple[St
     if stream and offline:
         raise SourceError("--stream reads from the Hub but HF_HUB_OFFLINE=1 is set; drop --stream to use the cache")
     with _hub_errors(repo_id, revision, push=False):
-        commit = _api().resolve_revision(repo_id, revision=revision, cache_dir=cache, local_files_only=offline)
+        commit = retry_call(f"resolving {repo_id}", _api().resolve_revision, repo_id, revision=revision,
+                            cache_dir=cache, local_files_only=offline)
         if stream:
             storage = HubStorage(repo_id, commit.resolved)
             shards = _weight_files(repo_id, storage.list_files(), lambda: storage.read_bytes(INDEX_NAME))
@@ -204,9 +207,10 @@ def resolve_hub_source(src: str, revision: str | None, stream: bool) -> tuple[St
             return storage, _source_record(repo_id, revision, commit.resolved, None)
 
         def download(patterns: list[str]) -> Path:
-            return Path(snapshot_download(repo_id, revision=commit, allow_patterns=patterns, cache_dir=cache,
-                                          endpoint=_endpoint(), local_files_only=offline,
-                                          library_name="prune-surgery"))
+            with quiet_hub_log():  # its resume warnings are retries we report ourselves: one line on failure
+                return Path(snapshot_download(repo_id, revision=commit, allow_patterns=patterns, cache_dir=cache,
+                                              endpoint=_endpoint(), local_files_only=offline,
+                                              library_name="prune-surgery"))
 
         folder = download(list(META_PATTERNS))
         try:
@@ -214,7 +218,9 @@ def resolve_hub_source(src: str, revision: str | None, stream: bool) -> tuple[St
         except Exception:  # noqa: BLE001 - no cached listing (old cache): what the snapshot holds
             names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
         shards = _weight_files(repo_id, names, lambda: (folder / INDEX_NAME).read_bytes())
-        folder = download(shards)
+        fresh = [name for name in shards if not (folder / name).exists()]  # cached ones were checked when fetched
+        folder = with_retries(f"downloading {repo_id}", lambda: checked_shards(download(shards), fresh),
+                              progress=lambda: partial_bytes(cache))
     return SnapshotStorage(folder), _source_record(repo_id, revision, commit.resolved, str(folder))
 
 
@@ -244,48 +250,47 @@ class HubBlob:
     def __init__(self, storage: "HubStorage", name: str, size: int) -> None:
         self.name, self.size = name, size
         self._storage = storage
-        # cache_type="none": fsspec fetches exactly [offset, offset+length), no read-ahead blocks.
-        self._file = storage.fs.open(storage.path(name), "rb", cache_type="none", size=size)
-        self._lock = threading.Lock()
+        self._url = storage.url(name)
 
     def read(self, offset: int, length: int) -> bytes:
-        """`length` bytes at `offset`, fetched with one range request."""
+        """`length` bytes at `offset`: one exact range request, resumed from the byte reached on failure."""
         if offset < 0 or length < 0 or offset + length > self.size:
             raise SourceError(f"{self.name}: read past the end of the file on the Hub (truncated shard?)")
         if length == 0:
             return b""
-        with self._lock, _hub_errors(self._storage.repo_id, self._storage.commit, push=False):
-            self._file.seek(offset)
-            data = self._file.read(length)
-        if len(data) != length:
-            raise SourceError(f"{self.name}: the Hub sent {len(data)} of {length} bytes; retry the run")
-        return data
+        with _hub_errors(self._storage.repo_id, self._storage.commit, push=False):
+            return read_range(self._url, self._storage.headers(), offset, length,
+                              f"reading {self.name} bytes {offset}-{offset + length - 1} from the Hub")
 
     def release(self, offset: int, length: int) -> None:
         """Nothing is kept between reads, so there is nothing to drop."""
 
     def close(self) -> None:
-        """Close the remote file."""
-        self._file.close()
+        """Nothing stays open between reads."""
 
 
 class HubStorage:
-    """A checkpoint read in place on the Hub at one commit (HfFileSystem, range requests)."""
+    """A checkpoint read in place on the Hub at one commit (HTTP range requests)."""
 
     def __init__(self, repo_id: str, commit: str) -> None:
-        from huggingface_hub import HfFileSystem
-
         self.repo_id, self.commit = repo_id, commit
         self.description = f"{HF_PREFIX}{repo_id}@{commit}"
-        self.fs = HfFileSystem(endpoint=_endpoint(), skip_instance_cache=True)
         self._small: dict[str, bytes] = {}  # read_bytes results: config, index, tokenizer are read more than once
         with _hub_errors(repo_id, commit, push=False):
-            entries = _api().list_repo_tree(repo_id, revision=commit, recursive=True)
+            entries = retry_call(f"listing {repo_id}", lambda: list(_api().list_repo_tree(repo_id, revision=commit, recursive=True)))
             self._sizes = {f.path: (f.lfs.size if f.lfs else f.size) for f in entries if hasattr(f, "size")}
 
-    def path(self, name: str) -> str:
-        """The HfFileSystem path of `name` at the pinned commit."""
-        return f"{self.repo_id}@{self.commit}/{name}"
+    def url(self, name: str) -> str:
+        """The resolve URL of `name` at the pinned commit."""
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(self.repo_id, name, revision=self.commit, endpoint=_endpoint())
+
+    def headers(self) -> dict[str, str]:
+        """Request headers: user agent and, when there is one, the token."""
+        from huggingface_hub.utils import build_hf_headers
+
+        return build_hf_headers(library_name="prune-surgery")
 
     def keep_only(self, names: list[str]) -> None:
         """Restrict the storage to these files (the others are twins or unrelated)."""

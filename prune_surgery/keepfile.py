@@ -52,6 +52,8 @@ def load_keep(source: Path | dict[str, Any]) -> Keep:
         raise SpecError(f"keep file {source} does not exist") from None
     except json.JSONDecodeError as exc:
         raise SpecError(f"keep file {source} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"keep file {source} is not UTF-8 text; give the JSON file of kept indices") from None
 
 
 def kept(keep: Keep, space: str, scope: str = "") -> list[int] | None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Iterator
 
 from .errors import OutputError
+from .guard import Note, check_space, clean_leftovers, is_disk_full, out_lock, replace_folder, temp_name
+from .render import human_bytes
+from .sink import ShardLayout, header_bytes
 from .storage import Storage
 
 #: files never copied from the source: weights, indexes, the config we rewrite, the card
@@ -52,27 +55,55 @@ def side_files(storage: Storage) -> list[str]:
     """Top-level source files to carry over (tokenizer, generation config, templates...)."""
     names = []
     for name in storage.list_files():
-        if "/" in name or any(fnmatch.fnmatch(name, p) for p in SKIP):
+        if "/" in name or "\\" in name or any(fnmatch.fnmatch(name, p) for p in SKIP):  # never a path
             continue
         names.append(name)
     return names
 
 
+def bytes_needed(shards: list[ShardLayout], storage: Storage, kept_indices: int = 0) -> int:
+    """Bytes a run writes into OUT: every shard (header + data), the index, side files, records.
+
+    Shards are exact (the plan knows every header); side files count at their source size, and
+    config.json, the index and prune_surgery.json get 1 MiB plus 12 bytes per kept index.
+    """
+    weights = sum(len(header_bytes(s.tensors)) + s.nbytes for s in shards)
+    index = sum(len(t.name) + len(s.file) + 8 for s in shards for t in s.tensors) if len(shards) > 1 else 0
+    return weights + index + sum(storage.size(n) for n in side_files(storage)) + (1 << 20) + 12 * kept_indices
+
+
+def _stderr_note(line: str) -> None:
+    print(f"note: {line}", file=sys.stderr)
+
+
 @contextlib.contextmanager
-def atomic_folder(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder that becomes `out` when the block succeeds."""
+def atomic_folder(out: Path, *, overwrite: bool | None = None, needed: int | None = None,
+                  note: Note | None = None) -> Iterator[Path]:
+    """Yield a temporary folder that becomes `out` when the block succeeds.
+
+    While the block runs, `out`'s lock is held (a second run into it is refused) and leftovers of
+    killed runs next to it are cleaned first.  Under the lock, `out` is checked again when
+    `overwrite` is given, and its filesystem must have `needed` bytes free when that is given.
+    A disk that fills up anyway is one OutputError; `out` is then untouched.
+    """
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.prune-surgery-{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
+    with out_lock(out):
+        clean_leftovers(out, note or _stderr_note)
+        if overwrite is not None:
+            check_output(out, None, overwrite)
+        if needed is not None:
+            check_space(out, needed)
+        tmp = temp_name(out, "tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.prune-surgery-{os.getpid()}.old"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            yield tmp
+            replace_folder(tmp, out)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(exc):
+                need = f"; it needs {human_bytes(needed)} in all" if needed else ""
+                raise OutputError(f"the disk of {out} filled up while writing ({exc.strerror}){need}; nothing was "
+                                  "written to it: free some space or choose an output folder on another disk") from None
+            raise

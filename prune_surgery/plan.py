@@ -26,11 +26,17 @@ from .score import compute_scores
 from .select import check_targets, select_keep, targets_and_layers
 from .sink import OutTensor, ShardLayout, layout_shards
 from .sizes import config_get, is_tied, segment_width, source_sizes
-from .spec import PruneSpec, dump_json
+from .spec import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, PruneSpec, dump_json
 
 BLOCK_BYTES = 16 << 20
 """Input bytes per row block.  A block and its gathered output stay in a 32 MiB L3 cache: on the
 bench machine 16 MiB blocks ran the width+depth job 1.5x faster than 32 MiB ones, with a third less memory."""
+
+
+MAGNITUDE_WARNING = (
+    "magnitude ranks units by weight norms, which lose to random selection on real pretrained models "
+    "(SmolLM2-135M, ffn 1536 -> 1024: see README 'Choosing what to keep'); prefer --method activation"
+)
 
 
 @dataclass
@@ -75,6 +81,8 @@ class Plan:
     vocab_rows: int = 0
     warnings: list[str] = field(default_factory=list)
     plan_hash: str = ""
+    calibration: dict[str, Any] | None = None  # provenance of the activation scores selection ranked by
+    refit_peak_bytes: int = 0  # peak memory of the least-squares refit (0: no refit)
 
     @property
     def changes(self) -> dict[str, list[Any]]:
@@ -102,6 +110,8 @@ def _axis_index(arch: Architecture, role: TensorRole, axis: int, binding: dict[s
         if seg.space in arch.spaces:
             units, width = sizes[seg.space], segment_width(arch, seg, sizes)
             chosen = kept(keep, seg.space, scope)
+            if chosen is not None and len(chosen) == units and list(chosen) == list(range(units)):
+                chosen = None  # every unit in order (all layers kept): an unchanged axis
         else:
             units, width, chosen = 1, int(seg.space) if seg.space.isdigit() else sizes[seg.space], None
         if chosen is None:
@@ -166,9 +176,23 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     """Plan a pruning run; raises SpecError / ArchitectureError for what cannot be done."""
     config = ckpt.config
     sizes = source_sizes(arch, config)
-    targets, layers = targets_and_layers(arch, sizes, spec)
+    weights = sum(t.numel for t in ckpt.tensors.values())
+    for space, size in sizes.items():  # before anything is allocated per unit of a space (or per layer)
+        if size > max(weights, 1) or (space == "layers" and size > len(ckpt.tensors)):
+            raise ArchitectureError(f"config.json gives {space} a size of {size}, more than the {weights} weights the "
+                                    "checkpoint holds; the config does not match the weights")
+    activation = _activation_scores(spec, config)
+    influence = None  # depth from activation records: block influence, or angular distance of blocks
+    if activation is not None and spec.depth != "ppl":
+        influence = activation.angular() if spec.depth == "block" else activation.layer_influence()
+    targets, layers = targets_and_layers(arch, sizes, spec, influence)
     scores = None
-    if spec.method == "magnitude":
+    if activation is not None:
+        from .calibrate.scorefile import check_scores, needed_spaces, ranking
+
+        check_scores(activation, config, needed_spaces(arch, sizes, targets))
+        scores = ranking(activation, arch, sizes)
+    elif spec.method == "magnitude":
         wanted = {s for s in arch.spaces if s not in ("layers", "vocab") and targets[s] != sizes[s]}
         wanted |= {arch.spaces[s].within for s in wanted if arch.spaces[s].within}  # type: ignore[misc]
         table = compute_scores(ckpt, arch, sizes, wanted, layers, block_bytes)
@@ -202,16 +226,24 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         params_before += ref.numel
         role, binding = claim
         seen.add((role.role, tuple(sorted(binding.items()))))
-        name = _new_name(arch, role, binding, keep, sizes["layers"])
+        name = ref.name if role.copy else _new_name(arch, role, binding, keep, sizes["layers"])
         if name is None or (role.tied_to and tied):
             dropped.append(ref.name)
+            continue
+        if role.copy:  # a part the tables keep whole (a vision tower): its bytes as they are
+            out = OutTensor(name, ref.dtype, tuple(ref.shape), ref.nbytes)
+            tensors.append(TensorPlan(ref, out, role.role, (None,) * len(ref.shape)))
             continue
         in_shape = logical_shape(ref, quant)  # MXFP4 bytes: the values they hold
         if len(in_shape) != len(role.axes):
             raise ArchitectureError(f"{ref.name} has shape {list(in_shape)} but the {arch.family} table expects {len(role.axes)} axes")
         index, shape = [], []
         for axis in range(len(role.axes)):
-            length, idx = _axis_index(arch, role, axis, binding, keep, sizes, axis_cache)
+            segments = role.axes[axis]
+            if len(segments) == 1 and arch.dims.get(segments[0].space, {}).get("free"):
+                length, idx = in_shape[axis], None  # a `free` dim: whatever the tensor holds, kept whole
+            else:
+                length, idx = _axis_index(arch, role, axis, binding, keep, sizes, axis_cache)
             if in_shape[axis] != length:
                 raise ArchitectureError(
                     f"{ref.name} has {in_shape[axis]} elements on axis {axis} but config.json implies {length}; the config does not match the weights"
@@ -220,19 +252,18 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
             shape.append(length if idx is None else len(idx))
         rows_pad = pad if role.axes[0][0].space == "vocab" else 0
         shape[0] += rows_pad
-        scaled = not role.scale_if or bool(config_get(config, role.scale_if, False))
-        rescale = _rescale(arch, role, hidden_scale if scaled else 1.0, tied) if spec.norm_rescale else None
+        rescale = _rescale(arch, role, hidden_scale, tied) if spec.norm_rescale else None
         offset = arch.norm_offset if rescale is not None and role.norm else 0.0
         itemsize = ref.nbytes // max(ref.numel, 1) if ref.numel else 0
         out = OutTensor(name, ref.dtype, tuple(shape), math.prod(shape) * itemsize)
         tensors.append(TensorPlan(ref, out, role.role, tuple(index), rescale, rows_pad, offset))
-    _check_required(arch, sizes, seen, tied)
+    _check_required(arch, sizes, seen, tied, config)
     quant_notes: list[str] = []
     if quant:
         tensors, quant_config, quant_notes = plan_quantized(arch, ckpt, quant, tensors, config)
 
     vocab_rows = targets.get("vocab", 0) + pad
-    new_config = rewrite_config(arch, config, sizes, targets, keep, spec.norm_rescale, vocab_rows)
+    new_config = rewrite_config(arch, config, sizes, targets, keep, vocab_rows)
     if quant:
         new_config.pop("quantization_config")
         if quant_config:
@@ -250,37 +281,67 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         bytes_before=ckpt.total_bytes, bytes_after=sum(t.out.nbytes for t in tensors),
         peak_bytes=_peak(tensors, block_bytes), vocab_rows=vocab_rows,
     )
+    if activation is not None:
+        plan.calibration = {k: activation.provenance.get(k) for k in ("data_hash", "data", "windows", "seq_len", "tokens", "config_hash", "version")}
+    if spec.refit:
+        from .refit.memory import check_refit_memory
+
+        plan.refit_peak_bytes = check_refit_memory(plan, spec.calibration_samples or DEFAULT_SAMPLES,
+                                                   spec.calibration_seq_len or DEFAULT_SEQ_LEN, spec.refit)
     plan.warnings = _warnings(plan, pad) + quant_notes
     plan.plan_hash = plan_hash(plan)
     return plan
 
 
+def _activation_scores(spec: PruneSpec, config: dict[str, Any]) -> Any:
+    """The scores file of an activation run (numpy only: the core path never imports torch)."""
+    if spec.method != "activation" or spec.keep:
+        return None
+    if not spec.scores:
+        raise SpecError("--method activation needs --scores SCORES (from 'prune-surgery calibrate') or --calibration FILE")
+    from pathlib import Path
+
+    from .calibrate.scorefile import load_scores
+
+    return load_scores(Path(spec.scores))
+
+
 def _rescale(arch: Architecture, role: TensorRole, hidden_scale: float, tied: bool) -> float | None:
     """The factor that keeps hidden pruning exact for this tensor, or None.
 
-    An RMSNorm over d' channels needs its weight times sqrt(d/d') (`norm: true`) and its eps
-    times d/d' (configedit).  `hidden_scale: true` marks a tensor that needs the same factor for
-    another reason: the model multiplies it by sqrt(hidden_size) at run time (Gemma's
-    embedding), or it feeds a head_dim norm that shares the rescaled eps (q/k_proj before
-    q_norm/k_norm: RMSNorm(c*x) with eps*c^2 equals RMSNorm(x) with eps).  A `norm: final`
-    norm feeds the lm_head: when the lm_head is tied to a `hidden_scale` embedding it already
-    carries the factor, so the norm needs none.
+    Every eps stays as it is; instead the residual stream is scaled by c = sqrt(d'/d)
+    (`hidden_scale` is 1/c): an RMSNorm over the d' kept channels of c*x then equals
+    c * RMSNorm(x) over d with x's pruned channels zero.  So what adds into the stream
+    (`residual: write`: embeddings, o_proj, down_proj, their biases) is multiplied by c,
+    what reads it raw (`residual: read`, OLMo's projections) by 1/c, and a norm that
+    reads it (`norm: true`, `norm: final`) has its weight (or 1 + w) multiplied by 1/c; a
+    norm whose output adds into the stream (`norm: post`) reads c * y and writes c * norm(y)
+    unchanged.  `embed_scale` (the model multiplies by sqrt(hidden_size), which becomes
+    sqrt(d')) adds 1/c.  A tied lm_head is the embedding: it carries the embedding's factor,
+    which what feeds the lm_head (`norm: final`, `feeds_head`: a LayerNorm bias) divides out.
     """
     if hidden_scale == 1.0:
         return None
-    factor = 1.0
-    if role.norm or role.hidden_scale:
-        factor = hidden_scale
+    factor = _stream_factor(role, hidden_scale)
     if role.norm_final and tied:
         head = next((r for r in arch.roles.values() if r.tied_to), None)
-        if head is not None and head.tied_to in arch.roles and arch.roles[head.tied_to].hidden_scale:
-            factor /= hidden_scale
+        if head is not None and head.tied_to in arch.roles:
+            factor /= _stream_factor(arch.roles[head.tied_to], hidden_scale)
     return None if factor == 1.0 else factor
 
 
-def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], tied: bool) -> None:
+def _stream_factor(role: TensorRole, inverse_c: float) -> float:
+    """The residual-stream rule's factor for one tensor (see _rescale), before tying."""
+    factor = inverse_c if role.norm else 1.0
+    factor *= {"write": 1 / inverse_c, "read": inverse_c}.get(role.residual, 1.0)
+    return factor * inverse_c if role.embed_scale else factor
+
+
+def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], tied: bool, config: dict[str, Any]) -> None:
     for role in arch.roles.values():
-        if role.optional or (role.tied_to and tied):
+        if role.only:
+            _check_layer_typed(arch, role, seen, config)
+        if role.optional or role.copy or role.only or (role.tied_to and tied):
             continue
         ranges = [range(sizes[arch.placeholders[p]]) for p in role.placeholders]
         present = sum(1 for s in seen if s[0] == role.role)
@@ -297,9 +358,24 @@ def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], t
                 raise ArchitectureError(f"required tensor {name!r} is missing from the checkpoint")
 
 
+def _check_layer_typed(arch: Architecture, role: TensorRole, seen: set[Any], config: dict[str, Any]) -> None:
+    """A role marked `only: {list: layer_types, is: x}` must be on exactly the layers of type x."""
+    key, kind = role.only  # type: ignore[misc]
+    types = config_get(config, key, None)
+    if not isinstance(types, list):
+        raise ArchitectureError(f"config.json has no {key!r} list, which says which layers hold {role.template!r}")
+    present = {dict(s[1]).get("layer") for s in seen if s[0] == role.role}
+    for layer, layer_type in enumerate(types):
+        name = role.template.format(layer=layer)
+        if (layer_type == kind) != (layer in present):
+            state = "is missing from" if layer_type == kind else f"is in (but {key}[{layer}] is {layer_type!r}, not {kind!r})"
+            raise ArchitectureError(f"tensor {name!r} {state} the checkpoint; config.json and the weights disagree")
+
+
 def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
     """Working memory of the stream: blocks alive at once (workers + 1 queued for slicing, one in
-    hand, two queued for the writer, one being written), index arrays, float32 copies of a rescaled block."""
+    hand, two queued for the writer, one being written), the two temporaries each slicing worker holds
+    while gathering a block pruned on two axes, index arrays, float32 copies of a rescaled block."""
     if not tensors:
         return 0
 
@@ -310,7 +386,8 @@ def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
     block = max(min(t.out.nbytes, block_bytes) for t in tensors)
     index = max(sum(i.nbytes for i in t.index if i is not None) for t in tensors)
     rescaled = max((float_copies(t) for t in tensors if t.rescale or t.dequant), default=0)
-    return (default_workers() + 5) * block + index + rescaled
+    two_axes = any(sum(i is not None for i in t.index) > 1 for t in tensors)
+    return (default_workers() * (3 if two_axes else 1) + 5) * block + index + rescaled
 
 
 def _warnings(plan: Plan, pad: int) -> list[str]:
@@ -319,6 +396,8 @@ def _warnings(plan: Plan, pad: int) -> list[str]:
         if plan.arch.norm == "layernorm":
             notes.append("hidden pruning under LayerNorm is approximate: the mean and variance change; expect to recover by training"
                          + (f" ({plan.arch.approximate})" if plan.arch.approximate else ""))
+        elif plan.arch.approximate:
+            notes.append(f"hidden pruning is approximate for {plan.arch.family}: {plan.arch.approximate}")
         elif not plan.spec.norm_rescale:
             notes.append("--no-norm-rescale: RMSNorm now averages over fewer channels, so outputs differ from the masked original")
     for caveat in plan.arch.caveats:  # a table's `caveats`: cuts that are not what the user may think
@@ -327,6 +406,8 @@ def _warnings(plan: Plan, pad: int) -> list[str]:
             notes.append(caveat["note"])
     if pad:
         notes.append(f"vocabulary padded with {pad} zero rows: ids {plan.targets['vocab']}..{plan.targets['vocab'] + pad - 1} must never be sampled")
+    if plan.spec.method == "magnitude" and plan.spec.keep is None:
+        notes.append(MAGNITUDE_WARNING)
     if plan.spec.keep is None and plan.spec.method == "random" and plan.params_after < plan.params_before:
         notes.append(f"random selection with seed {plan.spec.seed}; recovery training (10-20B tokens) is expected after pruning")
     return notes

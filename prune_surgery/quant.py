@@ -14,8 +14,8 @@ decides, per weight:
 - every pruned axis keeps whole blocks (experts, layers, o_proj's 128-wide MLA heads...): the
   FP8 bytes are sliced as usual and the scale tensor is sliced by the kept blocks, so the
   format is kept bit for bit;
-- a weight that hidden pruning rescales (q/k before q/k norms) keeps its FP8 codes and has
-  its scales rescaled instead;
+- a weight that hidden pruning rescales (what writes the residual stream: o_proj, down
+  projections, times sqrt(d'/d)) keeps its FP8 codes and has its scales rescaled instead;
 - any other cut (or `--dequantize`, or an MXFP4 weight that must be rescaled): the weight is
   dequantized on write to the model's dtype (config `dtype` / `torch_dtype`, bf16 if unset),
   its scale tensor is dropped, and its module joins `quantization_config.modules_to_not_convert`
@@ -148,9 +148,10 @@ def plan_quantized(arch: "Architecture", ckpt: "Checkpoint", fmt: BlockFormat, t
                 raise ArchitectureError(f"{tp.source.name}: a {fmt.label} tensor needs {len(fmt.block)} axes, got shape {list(tp.source.shape)}")
             blocks[id(tp)] = [_blocks(i, n, b) for i, n, b in zip(tp.index, shape, per_axis)]
     # FP8 values are code * scale: a rescaled weight keeps its codes and rescales its scales
-    # (float32); MXFP4's power-of-two scales cannot carry an arbitrary factor
-    bad = {_group(arch, tp) for tp in tensors if id(tp) in blocks and (
-        fmt.force or (fmt.packed and tp.rescale is not None) or any(b is False for b in blocks[id(tp)]))}
+    # (float32); MXFP4's power-of-two scales cannot carry an arbitrary factor (hidden pruning's c)
+    rescaled = {_group(arch, tp) for tp in tensors if id(tp) in blocks and fmt.packed and tp.rescale is not None}
+    cut = {_group(arch, tp) for tp in tensors if id(tp) in blocks and (fmt.force or any(b is False for b in blocks[id(tp)]))}
+    bad = rescaled | cut
     out: list[TensorPlan] = []
     dequantized: list[str] = []
     for tp in tensors:
@@ -166,7 +167,9 @@ def plan_quantized(arch: "Architecture", ckpt: "Checkpoint", fmt: BlockFormat, t
     notes = []
     if dequantized:
         size = "x".join(str(b) for b in fmt.block)
-        why = "--dequantize" if fmt.force else f"their cuts do not keep whole {size} blocks"
+        why = "--dequantize" if fmt.force else (
+            f"their cuts do not keep whole {size} blocks" if cut else
+            "hidden pruning multiplies what writes the residual stream by sqrt(d'/d), which power-of-two scales cannot carry")
         notes.append(f"{len(dequantized)} {fmt.label} tensors are written as {fmt.out_dtype} ({why}), e.g. {dequantized[0]}"
                      + (f"; no tensor stays {fmt.label}, quantization_config is dropped" if not kept_quantized else ""))
         modules = sorted({_group(arch, t) for t in out if t.dequant is not None})

@@ -39,6 +39,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "params": {"before": plan.params_before, "after": plan.params_after},
         "bytes": {"before": plan.bytes_before, "after": plan.bytes_after},
         "peak_memory_bytes": plan.peak_bytes,
+        "refit_peak_memory_bytes": plan.refit_peak_bytes,
+        "calibration": plan.calibration,
         "shards": [{"file": s.file, "bytes": s.nbytes, "tensors": len(s.tensors)} for s in plan.shards],
         "tensors": [{"name": t.out.name, "source": t.source.name, "shape": list(t.out.shape), "dtype": t.out.dtype} for t in plan.tensors],
         "dropped": plan.dropped,
@@ -69,6 +71,11 @@ def print_plan(plan: Plan, console: Console) -> None:
     share = plan.params_after / plan.params_before if plan.params_before else 1.0
     console.print(f"kept {share:.1%} of parameters; {len(plan.tensors)} tensors written, {len(plan.dropped)} dropped")
     console.print(f"peak working memory (beyond the interpreter): about {human_bytes(plan.peak_bytes)}")
+    if plan.calibration:
+        c = plan.calibration
+        console.print(f"units ranked by activations on {c['windows']} windows x {c['seq_len']} tokens (data {str(c['data_hash'])[:12]})")
+    if plan.refit_peak_bytes:
+        console.print(f"least-squares refit ({plan.spec.refit}): peak memory about {human_bytes(plan.refit_peak_bytes)}")
     console.print(f"plan hash {plan.plan_hash}")
     for note in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {note}")

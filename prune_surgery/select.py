@@ -1,7 +1,8 @@
 """Choose the indices to keep in every pruned space.
 
-Methods: ``random`` (seeded, the original method) and ``magnitude`` (largest L2 norm, from
-scores computed while streaming), each optionally ``balance``d over N equal contiguous
+Methods: ``random`` (seeded, the original method), ``magnitude`` (largest L2 norm, from
+scores computed while streaming) and ``activation`` (largest activation statistics from a
+scores file, see ``calibrate/``), each optionally ``balance``d over N equal contiguous
 partitions for tensor parallelism; explicit indices come from a keep file.  Hidden and
 vocab are global; heads, kv heads, ffn, experts are chosen per layer.  GQA: query heads are
 chosen inside kept kv groups, the same count in every group.
@@ -17,7 +18,7 @@ import numpy as np
 from .arch import RULES, Architecture
 from .errors import SpecError
 from .keepfile import Keep, kept
-from .spec import PruneSpec
+from .spec import SCORED, PruneSpec
 
 Scores = Callable[[str, str], np.ndarray]
 
@@ -28,6 +29,8 @@ def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) 
     for name, space in arch.spaces.items():
         for key in space.keys:
             by_key.setdefault(key, []).append(name)
+    # a nested key (`text_config.hidden_size` of a VLM) is also given by its last part (`--hidden-size`)
+    by_key.update({k.rsplit(".", 1)[1]: n for k, n in list(by_key.items()) if "." in k and k.rsplit(".", 1)[1] not in by_key})
     targets = {name: sizes[name] for name in arch.spaces}
     for key, value in spec.sizes.items():
         if key in arch.dims or key == "head_dim":
@@ -100,7 +103,7 @@ def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, 
     for rule in arch.require:
         kind = next(k for k in RULES if k in rule)
         (a, va), (b, vb) = (_operand(arch, sizes, targets, x) for x in rule[kind])
-        broken = {"divides": vb % va != 0, "at_most": va > vb, "equals": va != vb}[kind]
+        broken = {"divides": lambda: va == 0 or vb % va != 0, "at_most": lambda: va > vb, "equals": lambda: va != vb}[kind]()
         if broken:
             relation = {"divides": "must divide", "at_most": "must be at most", "equals": "must equal"}[kind]
             raise SpecError(f"{a}={va} {relation} {b}={vb}: {rule.get('why', 'required by the ' + arch.family + ' table')}")
@@ -162,8 +165,7 @@ def choose(n: int, k: int, method: str, rng: np.random.Generator, score: np.ndar
     size, per = n // parts, k // parts
     chosen: list[np.ndarray] = []
     for p in range(parts):
-        if method == "magnitude":
-            assert score is not None
+        if score is not None:
             local = np.argsort(-score[p * size : (p + 1) * size], kind="stable")[:per]
         else:
             local = rng.choice(size, per, replace=False)
@@ -196,22 +198,47 @@ def layer_scopes(arch: Architecture, keep: Keep, sizes: dict[str, int]) -> list[
     return base + list(range(sizes["layers"], sizes["layers"] + extra))
 
 
-def select_layers(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec) -> list[int]:
-    """Kept original layer indices."""
+def select_layers(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec,
+                  influence: np.ndarray | None = None) -> list[int]:
+    """Kept original layer indices.
+
+    With `influence` (block influence per layer, from activation scores) and a target depth, the
+    layers that change the stream least are dropped (ShortGPT); otherwise middle-out.
+    """
     n = sizes["layers"]
     if spec.keep and "layers" in spec.keep:
         layers = list(spec.keep["layers"])  # type: ignore[arg-type]
         if not layers or layers[-1] >= n:
             raise SpecError(f"keep file: layers must be non-empty indices below {n}")
         return layers
-    drop = set(spec.drop_layers) if spec.drop_layers is not None else set(layers_to_drop(n, n - targets["layers"]))
+    if spec.drop_layers is not None:
+        drop = set(spec.drop_layers)
+    elif influence is not None and targets["layers"] < n:
+        drop = set(_drop_by_scores(influence, n - targets["layers"]))
+    else:
+        drop = set(layers_to_drop(n, n - targets["layers"]))
     return [i for i in range(n) if i not in drop]
 
 
-def targets_and_layers(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) -> tuple[dict[str, int], list[int]]:
+def _drop_by_scores(influence: np.ndarray, drop: int) -> list[int]:
+    """Layers to drop from activation records.
+
+    A 1-D array is block influence per layer: its `drop` lowest go (ShortGPT).  A 2-D array is
+    the angular distance between the streams entering layers i and j: the contiguous block l..l+n-1
+    whose input and output are closest goes (Gromov et al.).
+    """
+    if influence.ndim == 1:
+        return np.argsort(influence, kind="stable")[:drop].tolist()
+    starts = range(influence.shape[0] - drop)
+    best = min(starts, key=lambda l: (influence[l, l + drop], l))
+    return list(range(best, best + drop))
+
+
+def targets_and_layers(arch: Architecture, sizes: dict[str, int], spec: PruneSpec,
+                       influence: np.ndarray | None = None) -> tuple[dict[str, int], list[int]]:
     """Target size of every space and the kept original layers (the first step of selection)."""
     targets = resolve_targets(arch, sizes, spec)
-    layers = select_layers(arch, sizes, targets, spec)
+    layers = select_layers(arch, sizes, targets, spec, influence)
     targets["layers"] = len(layers)
     return targets, layers
 
@@ -240,7 +267,7 @@ def select_keep(
         for key in keys:
             scope = [int(x) for x in key.split(".")] if key else []
             rng = _rng(spec.seed, name, *scope)
-            score = scores(name, key) if spec.method == "magnitude" and scores else None
+            score = scores(name, key) if spec.method in SCORED and scores else None
             if space.within:
                 chosen[key] = _choose_within(arch, name, key, keep, sizes, targets, spec, score, rng)
             else:

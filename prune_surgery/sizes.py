@@ -50,20 +50,27 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
     for _ in range(len(pending) + 1):
         for name, space in list(pending.items()):
             value = config_get(config, space_key(arch, name, config), None)
-            if value is None and space.default in sizes:
-                value = sizes[space.default]
+            base, _, times = (space.default or "").partition("*")  # `default: hidden*4` (GPT-2's n_inner)
+            if value is None and base in sizes:
+                value = sizes[base] * int(times or 1)
             if value is not None:
-                sizes[name] = int(value)
+                sizes[name] = _size(value, space_key(arch, name, config))
                 del pending[name]
     if pending:
         name = next(iter(pending))
         raise ArchitectureError(f"config.json has no {arch.spaces[name].keys[0]!r} (needed for the {name} space of {arch.family})")
     for name, dim in arch.dims.items():
         value = config_get(config, dim["key"], None) if dim.get("key") else None
+        if dim.get("free"):  # its length is read from each tensor (plan.py)
+            continue
+        if value is None and "product" in dim:  # `product: [a, b, b]`: dims listed before it, multiplied
+            value = 1
+            for factor in dim["product"]:
+                value *= sizes[factor]
         if value is None:
             default = dim.get("default")
             if isinstance(default, list):
-                value = sizes[default[0]] // sizes[default[1]]
+                value = sizes[default[0]] // sizes[default[1]] if sizes[default[1]] else 0
             elif isinstance(default, dict) and "sum" in default:  # e.g. MLA qk_head_dim = nope + rope
                 value = sum(sizes[part] for part in default["sum"])
             elif isinstance(default, int):
@@ -72,20 +79,35 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
                 value = sizes[default]
             else:
                 raise ArchitectureError(f"config.json has no {dim.get('key')!r}, needed by {arch.family}")
-        sizes[name] = int(value)
+        # a fixed dim may be a flag (use_double_wide_mlp: a table's `require` rules read it as 0 or 1)
+        sizes[name] = int(value) if isinstance(value, bool) else _size(value, str(dim.get("key") or name))
     return sizes
 
 
-def unit_size(arch: Architecture, space: str, sizes: dict[str, int]) -> int:
-    """Elements per unit of a space along an axis (e.g. head_dim rows per head)."""
+def _size(value: Any, key: str) -> int:
+    """A config size: a non-negative integer (2.0 is accepted as 2), else a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")) \
+            or int(value) != value or value < 0:
+        raise ArchitectureError(f"config.json gives {key} = {value!r}; it must be a non-negative integer, fix the config")
+    return int(value)
+
+
+def unit_size(arch: Architecture, space: str, sizes: dict[str, int], multiplier: int | str = 1) -> int:
+    """Elements per unit of a space along an axis (e.g. head_dim rows per head), times an axis
+    segment's multiplier (an integer or a fixed dim's name)."""
     unit = arch.spaces[space].unit if space in arch.spaces else 1
-    return sizes[unit] if isinstance(unit, str) else int(unit)
+    return (sizes[unit] if isinstance(unit, str) else int(unit)) * _times(multiplier, sizes)
+
+
+def _times(multiplier: int | str, sizes: dict[str, int]) -> int:
+    return sizes[multiplier] if isinstance(multiplier, str) else multiplier
 
 
 def segment_width(arch: Architecture, seg: Segment, sizes: dict[str, int]) -> int:
     """Elements per unit of one axis segment: the segment's `@unit` or its space's, times `*k`."""
-    unit = (int(seg.unit) if seg.unit.isdigit() else sizes[seg.unit]) if seg.unit else unit_size(arch, seg.space, sizes)
-    return unit * seg.multiplier
+    if not seg.unit:
+        return unit_size(arch, seg.space, sizes, seg.multiplier)
+    return (int(seg.unit) if seg.unit.isdigit() else sizes[seg.unit]) * _times(seg.multiplier, sizes)
 
 
 def is_tied(arch: Architecture, config: dict[str, Any]) -> bool:

@@ -20,8 +20,12 @@ import yaml
 from .errors import SpecError
 
 DEFAULT_SEED = 1234
+DEFAULT_SAMPLES = 32  # calibration windows (a CPU-friendly default: 16k tokens)
+DEFAULT_SEQ_LEN = 512  # tokens per calibration / evaluation window
 DEFAULT_SHARD_SIZE = 5 * 10**9
-METHODS = ("random", "magnitude")
+METHODS = ("random", "magnitude", "activation")
+#: methods that rank units by a score (weight norms, or activation statistics from a scores file)
+SCORED = ("magnitude", "activation")
 
 #: keys of the original project's prune config -> our target keys
 ORIGINAL_KEYS = {
@@ -34,8 +38,11 @@ ORIGINAL_KEYS = {
 }
 OPTION_KEYS = {
     "drop_layers", "method", "seed", "balance", "keep", "keep_vocab", "norm_rescale",
-    "max_shard_size", "pad_vocab_to_multiple_of", "dequantize",
+    "max_shard_size", "pad_vocab_to_multiple_of", "dequantize", "scores", "calibration", "calibration_samples",
+    "calibration_seq_len", "refit", "depth",
 }
+DEPTH_RULES = ("influence", "block", "ppl")
+REFIT_MODES = ("oneshot", "sequential")
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,12 @@ class PruneSpec:
     norm_rescale: bool = True
     max_shard_size: int = DEFAULT_SHARD_SIZE
     dequantize: bool = False  # write block-quantized (FP8) weights dequantized
+    scores: str | None = None  # a scores file from `prune-surgery calibrate` (--method activation)
+    calibration: tuple[str, ...] | None = None  # data files to calibrate on the fly (--method activation, --refit)
+    calibration_samples: int | None = None  # windows of calibration data (default: calibrate's)
+    calibration_seq_len: int | None = None  # tokens per window (default: calibrate's)
+    refit: str | None = None  # "oneshot" or "sequential": least-squares refit of the readers of pruned units
+    depth: str | None = None  # with --method activation: "influence" (default), "block" or "ppl"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able record of the spec (kept indices left out: they are recorded apart)."""
@@ -62,6 +75,7 @@ class PruneSpec:
         if not record["dequantize"]:
             record.pop("dequantize")
         record["drop_layers"] = list(self.drop_layers) if self.drop_layers is not None else None
+        record["calibration"] = list(self.calibration) if self.calibration else None
         return {k: v for k, v in record.items() if v is not None and v != {}}
 
     def with_options(self, **options: Any) -> PruneSpec:
@@ -71,15 +85,18 @@ class PruneSpec:
 
 def parse_size(text: str | int) -> int:
     """Parse '5GB' (10^9), '500MiB' (2^20), '1e9' or an int into bytes."""
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
         return text
-    found = re.fullmatch(r"\s*([\d.]+(?:e\d+)?)\s*([KMGT]?i?B)?\s*", str(text), re.IGNORECASE)
-    if not found:
+    found = re.fullmatch(r"\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([KMGT]?i?B)?\s*", str(text), re.IGNORECASE)
+    if not found or float(found.group(1)) <= 0:
         raise SpecError(f"cannot read size {text!r}; write e.g. 5GB, 500MB or 2GiB")
     unit = (found.group(2) or "B").upper()
     power = "BKMGT".index(unit[0]) if unit != "B" else 0
     base = 1024 if "I" in unit else 1000
     return int(float(found.group(1)) * base**power)
+
+
+MAX_LAYERS = 1 << 20  # a layer list naming more is a typo, not a model
 
 
 def parse_layers(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
@@ -96,6 +113,8 @@ def parse_layers(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
         low, high = int(found.group(1)), int(found.group(2) or found.group(1))
         if high < low:
             raise SpecError(f"layer range {item!r} runs backwards; write low-high")
+        if high >= MAX_LAYERS:
+            raise SpecError(f"layer {high} in {item!r} is beyond any model ({MAX_LAYERS} layers at most); check the list")
         layers.update(range(low, high + 1))
     return tuple(sorted(layers))
 
@@ -139,7 +158,10 @@ def spec_from_dict(data: dict[str, Any]) -> PruneSpec:
             raise SpecError(f"method must be one of {', '.join(METHODS)}, got {options['method']!r}")
         spec = replace(spec, method=options["method"])
     if "seed" in options:
-        spec = replace(spec, seed=int(options["seed"]))
+        seed = options["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, (int, str)) or not re.fullmatch(r"\s*\d+\s*", str(seed)):
+            raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
+        spec = replace(spec, seed=int(seed))
     if "balance" in options:
         spec = replace(spec, balance=_positive("balance", options["balance"]))
     if "norm_rescale" in options:
@@ -150,6 +172,39 @@ def spec_from_dict(data: dict[str, Any]) -> PruneSpec:
         spec = replace(spec, max_shard_size=parse_size(options["max_shard_size"]))
     if "pad_vocab_to_multiple_of" in options:
         spec = replace(spec, pad_vocab_to_multiple_of=_positive("pad_vocab_to_multiple_of", options["pad_vocab_to_multiple_of"]))
+    if "scores" in options:
+        spec = replace(spec, scores=str(options["scores"]))
+    if "calibration" in options:
+        files = options["calibration"]
+        files = [files] if isinstance(files, (str, Path)) else files
+        if not isinstance(files, (list, tuple)) or not files:
+            raise SpecError("calibration must name one or more data files")
+        spec = replace(spec, calibration=tuple(str(f) for f in files))
+    for key in ("calibration_samples", "calibration_seq_len"):
+        if key in options:
+            spec = replace(spec, **{key: _positive(key, options[key])})
+    refit = options.get("refit")
+    if refit not in (None, False):
+        refit = "oneshot" if refit is True else str(refit)
+        if refit not in REFIT_MODES:
+            raise SpecError(f"refit must be one of {', '.join(REFIT_MODES)} (or true), got {refit!r}")
+        if not spec.calibration:
+            raise SpecError("--refit solves least squares on calibration activations; give --calibration FILE")
+        spec = replace(spec, refit=refit)
+    if "depth" in options:
+        if options["depth"] not in DEPTH_RULES:
+            raise SpecError(f"depth must be one of {', '.join(DEPTH_RULES)}, got {options['depth']!r}")
+        if options.get("method") != "activation":
+            raise SpecError("--depth chooses layers by activations; add --method activation")
+        if options["depth"] == "ppl" and not spec.calibration:
+            raise SpecError("--depth ppl measures perplexity on calibration data; give --calibration FILE")
+        spec = replace(spec, depth=options["depth"])
+    if spec.method == "activation" and not (spec.scores or spec.calibration or spec.keep):
+        raise SpecError("--method activation needs --scores SCORES (from 'prune-surgery calibrate') or --calibration FILE")
+    if spec.scores and spec.method != "activation":
+        raise SpecError("--scores ranks units by activations; add --method activation")
+    if spec.calibration and spec.method != "activation" and not spec.refit and "refit" not in options:
+        raise SpecError("--calibration is used by --method activation and --refit; add one of them")
     for key in ("keep", "keep_vocab"):
         value = options.get(key)
         if isinstance(value, str):
@@ -161,7 +216,9 @@ def spec_from_dict(data: dict[str, Any]) -> PruneSpec:
 
 def _load_vocab(value: Any) -> tuple[int, ...]:
     if isinstance(value, (list, tuple)):
-        return tuple(int(v) for v in value)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise SpecError("keep_vocab must be a list of token ids (integers) or the path of a keep-vocab.json")
+        return tuple(value)
     from .vocab import load_keep_vocab
 
     return tuple(load_keep_vocab(Path(value)))
@@ -176,12 +233,17 @@ def read_spec_file(path: Path) -> dict[str, Any]:
         raise SpecError(f"spec file {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"spec file {path} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"spec file {path} is not UTF-8 text; give a YAML or JSON spec") from None
     if not isinstance(data, dict):
         raise SpecError(f"spec file {path} must hold a mapping of option names to values")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    for key in ("keep", "keep_vocab"):
+    for key in ("keep", "keep_vocab", "scores"):
         if isinstance(data.get(key), str):
             data[key] = Path(path).parent / data[key]
+    if isinstance(data.get("calibration"), (str, list)):
+        files = [data["calibration"]] if isinstance(data["calibration"], str) else data["calibration"]
+        data["calibration"] = [str(Path(path).parent / f) for f in files]
     return data
 
 

@@ -116,13 +116,23 @@ class LocalStorage:
             raise CheckpointError(f"source {root} is not a folder; give a checkpoint folder or a Hub repo id")
 
     def _path(self, name: str) -> Path:
-        """`name` under the root; names are checked as written, so symlinks (Hub cache) work."""
+        """`name` under the root, checked as written and once symlinks are resolved.
+
+        A file that links outside the folder is refused (the Hub cache's links into its blob
+        store are allowed by :class:`~prune_surgery.hub.SnapshotStorage`).
+        """
         path = PurePosixPath(name)
         if not path.parts or path.is_absolute() or ".." in path.parts or "\\" in name:
             raise CheckpointError(
                 f"{name!r} points outside the checkpoint folder; an index may only name files inside it"
             )
-        return self.root.joinpath(*path.parts)
+        joined = self.root.joinpath(*path.parts)
+        if self.root not in joined.resolve().parents:
+            raise CheckpointError(
+                f"{name} in {self.root} is a link to {joined.resolve()}, outside the checkpoint folder; "
+                "copy the file into the folder instead of linking it"
+            )
+        return joined
 
     def exists(self, name: str) -> bool:
         """Whether the file `name` exists inside the folder."""

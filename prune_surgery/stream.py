@@ -3,7 +3,7 @@
 Tensors are visited in input (shard, offset) order; large tensors go in row blocks so the
 working memory stays near `block_bytes` whatever the model size.  Raw elements are moved
 as unsigned ints of the dtype's width (no dtype round trip); only rescaled tensors (norm
-weights, and what a table marks `hidden_scale`) see arithmetic, in float32 with
+weights, and what a table marks `residual` or `embed_scale`) see arithmetic, in float32 with
 round-to-nearest-even back to the storage dtype.
 """
 
@@ -31,13 +31,18 @@ Progress = Callable[[int], None]
 
 
 def _rescale_values(values: np.ndarray, tp: TensorPlan) -> np.ndarray:
-    """(w + offset) * scale - offset in float32."""
+    """(w + offset) * scale - offset in float32, in place (`values` is a fresh float32 array)."""
     offset, scale = np.float32(tp.rescale_offset), np.float32(tp.rescale)
-    return (values + offset) * scale - offset if offset else values * scale
+    if offset:
+        values += offset
+    values *= scale
+    if offset:
+        values -= offset
+    return values
 
 
 def _rescaled(block: np.ndarray, tp: TensorPlan) -> np.ndarray:
-    """A block rescaled in float32, rounded back to the storage dtype."""
+    """A block rescaled in float32 (one float32 copy), rounded back to the storage dtype."""
     return from_float32(_rescale_values(to_float32(block, tp.source.dtype), tp), tp.source.dtype).reshape(block.shape)
 
 
@@ -121,7 +126,8 @@ def _packed_jobs(tp: TensorPlan, blob: Blob, scales: np.ndarray, block_bytes: in
         raw = np.frombuffer(blob.read(ref.offset + e * per, per), dtype=np.uint8).reshape(ref.shape[1:])
         values = dequantize_packed(raw[:, g0:g1], scales[e][:, g0:g1])
         values = values if tp.index[1] is None else np.take(values, tp.index[1], axis=0)
-        out = from_float32(np.ascontiguousarray(values[:, chunk - g0 * 32].T), tp.out.dtype)[None]
+        values = np.ascontiguousarray(values[:, chunk - g0 * 32].T)  # a fresh array: rescaled in place
+        out = from_float32(_rescale_values(values, tp) if tp.rescale is not None else values, tp.out.dtype)[None]
         if last:
             blob.release(ref.offset + e * per, per)
         return out, 0, 0, None

@@ -12,6 +12,7 @@ Run the real client against it with ``HF_ENDPOINT`` pointing here and ``HF_HUB_D
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import json
 import re
@@ -21,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from hubfaults import FAULT_KINDS, Fault, answer_with_fault
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".gguf", ".h5", ".msgpack")
 
@@ -74,6 +77,8 @@ class FakeHub:
         self.lfs_store: dict[str, bytes] = {}
         self.log: list[tuple[str, str, int]] = []  # (method, path, body bytes sent)
         self.bytes_sent = 0
+        self.faults: list[Fault] = []
+        self.faults_served: list[tuple[str, str]] = []  # (kind, path) of every fault injected
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -94,6 +99,24 @@ class FakeHub:
         """The snapshot a revision of a repo names."""
         repo = self.repos[repo_id]
         return repo.commits[repo.resolve(revision)]  # type: ignore[index]
+
+    def inject(self, kind: str, pattern: str = "*.safetensors", times: int = 1, **options: Any) -> Fault:
+        """Make the next `times` resolve answers for files matching `pattern` fail this way."""
+        assert kind in FAULT_KINDS, kind
+        fault = Fault(kind, pattern, times, **options)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        """The fault to inject into this answer, if one is pending."""
+        with self.lock:
+            for fault in self.faults:
+                if fault.times > 0 and method in fault.methods and fnmatch.fnmatch(path, fault.pattern):
+                    fault.times -= 1
+                    self.faults_served.append((fault.kind, path))
+                    return fault
+        return None
 
     def reset_counters(self) -> None:
         """Forget the request log and the byte count."""
@@ -119,7 +142,7 @@ class FakeHub:
         class Handler(_Handler):
             state = hub
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -130,6 +153,16 @@ class FakeHub:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up (a timeout, an injected fault) is not an error of the server."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
 
 class HubError(Exception):
@@ -311,7 +344,12 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubError(416, None, "Requested range not satisfiable")
             status, body = 206, data[start:end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-        self._send(status, raw=body, headers=headers, head=method == "HEAD", count=True)
+        fault = self.state.take_fault(method, path)
+        if fault is None:
+            self._send(status, raw=body, headers=headers, head=method == "HEAD", count=True)
+        else:
+            answer_with_fault(self, fault, status, body, headers, head=method == "HEAD")
+
 
     # -- write API ---------------------------------------------------------------------------
     def _create(self, method: str) -> None:

@@ -95,8 +95,10 @@ def test_norm_rescale_and_eps(checkpoints, tmp_path):
     cfg_a = json.loads((tmp_path / "a" / "config.json").read_text())
     cfg_b = json.loads((tmp_path / "b" / "config.json").read_text())
     src_cfg = json.loads((src / "config.json").read_text())
-    assert cfg_a["rms_norm_eps"] == pytest.approx(src_cfg["rms_norm_eps"] * 2)
-    assert cfg_b["rms_norm_eps"] == src_cfg["rms_norm_eps"]
+    assert cfg_a["rms_norm_eps"] == cfg_b["rms_norm_eps"] == src_cfg["rms_norm_eps"]  # eps kept: the stream is scaled
+    o_proj = "model.layers.0.self_attn.o_proj.weight"
+    np.testing.assert_allclose(a[o_proj], s[o_proj][keep] / np.float32(math.sqrt(2)), rtol=1e-6)
+    np.testing.assert_array_equal(b[o_proj], s[o_proj][keep])
     ids = sample_ids()
     reference = logits(masked_reference(src, keep_of(tmp_path / "a")), ids)
     assert not torch.allclose(logits(load(tmp_path / "b"), ids), reference, atol=1e-4)

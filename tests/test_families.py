@@ -153,19 +153,26 @@ def test_qwen_moe_sparse_layer_pattern_survives_layer_drop(family_ckpts, tmp_pat
 
 @pytest.mark.parametrize("family", ["gemma", "gemma_untied", "gemma2", "gemma3"])
 def test_gemma_hidden_pruning_is_exact(family_ckpts, tmp_path, family):
-    """(1+w) norms times sqrt(d/d'), embedding times sqrt(d/d'), the final norm only when untied."""
+    """Residual stream times c = sqrt(d'/d), every eps kept: (1+w) norms reading it times 1/c, the
+    embedding unchanged (c times the sqrt(d'/d) of its run-time sqrt(hidden_size)), so the final
+    norm times 1/c tied or not; post-norms unchanged, o_proj and down_proj times c."""
     src = family_ckpts[family]
     plan = ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"hidden_size": 16}))
     s = math.sqrt(64 / 16)
     a, b, keep = _tensors(src), _tensors(tmp_path / "out"), keep_of(tmp_path / "out")["hidden"]
     norm = "model.layers.0.input_layernorm.weight"
     np.testing.assert_allclose(b[norm], (a[norm][keep] + 1) * np.float32(s) - 1, rtol=1e-6)
-    np.testing.assert_allclose(b["model.embed_tokens.weight"], a["model.embed_tokens.weight"][:, keep] * np.float32(s), rtol=1e-6)
+    np.testing.assert_array_equal(b["model.embed_tokens.weight"], a["model.embed_tokens.weight"][:, keep])
     tied = family != "gemma_untied"
     final = b["model.norm.weight"]
-    np.testing.assert_allclose(final, a["model.norm.weight"][keep] if tied else (a["model.norm.weight"][keep] + 1) * np.float32(s) - 1, rtol=1e-6)
+    np.testing.assert_allclose(final, (a["model.norm.weight"][keep] + 1) * np.float32(s) - 1, rtol=1e-6)
+    down = "model.layers.0.mlp.down_proj.weight"
+    np.testing.assert_allclose(b[down], a[down][keep] / np.float32(s), rtol=1e-6)
+    if family in ("gemma2", "gemma3"):
+        post = "model.layers.0.post_feedforward_layernorm.weight"
+        np.testing.assert_array_equal(b[post], a[post][keep])
     assert ("lm_head.weight" in b) is not tied
-    assert plan.new_config["rms_norm_eps"] == pytest.approx(4 * plan.config["rms_norm_eps"])
+    assert plan.new_config["rms_norm_eps"] == plan.config["rms_norm_eps"]
     _check(src, tmp_path / "out", family, atol=5e-5)
 
 

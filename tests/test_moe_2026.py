@@ -92,11 +92,15 @@ def test_mtp_layer_is_pruned_and_renumbered(ckpts, tmp_path):
     a, b = mtp_tensors(src), mtp_tensors(tmp_path / "out")
     assert not any(k.startswith("model.layers.4.") for k in b)
     hidden = keep["hidden"]
+    # the MTP layer's stream starts at eh_proj and its embedding: both write it (times c); the norms
+    # reading streams divide by c; the head behind shared_head.norm is only sliced
+    c = np.float32(np.sqrt(48 / 64))
     eh = a["model.layers.4.eh_proj.weight"]
-    np.testing.assert_array_equal(b["model.layers.3.eh_proj.weight"], eh[hidden][:, hidden + [64 + h for h in hidden]])
+    np.testing.assert_allclose(b["model.layers.3.eh_proj.weight"], eh[hidden][:, hidden + [64 + h for h in hidden]] * c, rtol=1e-6)
+    np.testing.assert_allclose(b["model.layers.3.embed_tokens.weight"], a["model.layers.4.embed_tokens.weight"][:, hidden] * c, rtol=1e-6)
     np.testing.assert_array_equal(b["model.layers.3.shared_head.head.weight"], a["model.layers.4.shared_head.head.weight"][:, hidden])
-    scale = np.float32(np.sqrt(64 / 48))
-    np.testing.assert_allclose(b["model.layers.3.enorm.weight"], a["model.layers.4.enorm.weight"][hidden] * scale, rtol=1e-6)
+    for norm in ("enorm", "hnorm", "shared_head.norm"):
+        np.testing.assert_allclose(b[f"model.layers.3.{norm}.weight"], a[f"model.layers.4.{norm}.weight"][hidden] / c, rtol=1e-6)
     _check(src, tmp_path / "out")  # the main model
     _check(src, tmp_path / "out", mtp_as_layer=True)  # the MTP layer's attention and MoE block too
 
@@ -126,13 +130,20 @@ def test_shared_and_routed_expert_widths_share_one_key(ckpts):
     assert {t.out.shape for t in plan.tensors if t.out.name.endswith("shared_experts.up_proj.weight")} == {(20, 64)}
 
 
-def test_qk_norm_scaling_follows_use_qk_norm(ckpts):
-    """q/k are scaled by sqrt(d/d') only where q_norm/k_norm share the rescaled eps."""
+def test_hidden_rule_scales_stream_writers_and_leaves_q_k_alone(ckpts):
+    """Every eps is kept and the residual stream is scaled by c = sqrt(d'/d): o_proj and every
+    down projection (dense, routed, shared) get c, the norms reading the stream 1/c, and q/k are
+    untouched with or without q_norm/k_norm (their inputs are the unchanged normed stream)."""
     spec = ps.PruneSpec(sizes={"hidden_size": 48})
-    with_norm = {t.out.name: t.rescale for t in ps.plan(ckpts["glm4_moe"], spec).tensors}
-    without = {t.out.name: t.rescale for t in ps.plan(ckpts["glm4_moe_noqk"], spec).tensors}
-    name = "model.layers.0.self_attn.q_proj.weight"
-    assert with_norm[name] == pytest.approx(np.sqrt(64 / 48)) and without[name] is None
+    c = np.sqrt(48 / 64)
+    for src in ("glm4_moe", "glm4_moe_noqk"):
+        rescale = {t.out.name: t.rescale for t in ps.plan(ckpts[src], spec).tensors}
+        for name in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "mlp.gate.weight"):
+            assert rescale["model.layers.1." + name] is None, (src, name)
+        for name in ("self_attn.o_proj.weight", "mlp.experts.0.down_proj.weight", "mlp.shared_experts.down_proj.weight"):
+            assert rescale["model.layers.1." + name] == pytest.approx(c), (src, name)
+        assert rescale["model.layers.0.mlp.down_proj.weight"] == pytest.approx(c)  # the dense prefix
+        assert rescale["model.layers.1.input_layernorm.weight"] == pytest.approx(1 / c)
 
 
 def test_norm_topk_prob_false_is_flagged(tmp_path):
@@ -170,7 +181,9 @@ def test_gpt_oss_3d_experts_slice_every_axis_in_line_blocks(ckpts, tmp_path):
     cols = [2 * i + j for i in ffn for j in (0, 1)]
     p = "model.layers.2.mlp.experts."
     np.testing.assert_array_equal(b[p + "gate_up_proj"], a[p + "gate_up_proj"][experts][:, hidden][:, :, cols])
-    np.testing.assert_array_equal(b[p + "down_proj"], a[p + "down_proj"][experts][:, ffn][:, :, hidden])
+    c = np.float32(np.sqrt(48 / 64))  # down_proj writes the residual stream (hidden 64 -> 48)
+    np.testing.assert_allclose(b[p + "down_proj"], a[p + "down_proj"][experts][:, ffn][:, :, hidden] * c, rtol=1e-6)
+    np.testing.assert_allclose(b[p + "down_proj_bias"], a[p + "down_proj_bias"][experts][:, hidden] * c, rtol=1e-6)
     np.testing.assert_array_equal(b[p + "gate_up_proj_bias"], a[p + "gate_up_proj_bias"][experts][:, cols])
     np.testing.assert_array_equal(b["model.layers.2.self_attn.sinks"], a["model.layers.2.self_attn.sinks"][keep["heads"]["2"]])
 
@@ -194,12 +207,15 @@ def test_qwen3_5_moe_matches_masked_original_in_both_layouts(ckpts, tmp_path, la
     _check(src, tmp_path / "out")
 
 
-def test_qwen3_5_moe_hidden_pruning_is_flagged_approximate(ckpts, tmp_path):
-    src = ckpts["qwen3_5_moe_fused"]
+@pytest.mark.parametrize("layout", ["qwen3_5_moe", "qwen3_5_moe_fused"])
+def test_qwen3_5_moe_hidden_pruning_is_exact(ckpts, tmp_path, layout):
+    """rms_norm_eps is shared with q/k norms and the gated DeltaNet norm; every eps is kept and the
+    stream scaled (out_proj, o_proj, routed and shared down projections times c): exact, no warning."""
+    src = ckpts[layout]
     plan = ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"hidden_size": 48}))
-    assert any("hidden pruning of qwen3_5_moe is approximate" in w for w in plan.warnings)
+    assert not any("hidden" in w for w in plan.warnings), plan.warnings
     assert plan.new_config["rms_norm_eps"] == plan.config["rms_norm_eps"]
-    _check(src, tmp_path / "out", atol=5e-3)  # measured 1.7e-3 here (eps / mean(x^2) with tiny embeddings)
+    _check(src, tmp_path / "out")
 
 
 def _sparse_checkpoint(path, config, shapes):

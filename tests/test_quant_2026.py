@@ -61,8 +61,10 @@ def test_whole_block_cuts_keep_fp8(fp8, tmp_path):
     name = "model.layers.1.self_attn.q_a_proj.weight_scale_inv"  # (2, 4) blocks; hidden keeps blocks 0, 2, 3
     np.testing.assert_array_equal(b[name].numpy(), a[name].numpy()[:, [0, 2, 3]])
     expert = keep_of(tmp_path / "out")["experts"]["1"][3]
-    np.testing.assert_array_equal(b["model.layers.1.mlp.experts.3.down_proj.weight_scale_inv"].numpy(),
-                                  a[f"model.layers.1.mlp.experts.{expert}.down_proj.weight_scale_inv"].numpy()[[0, 2, 3]])
+    down = "model.layers.1.mlp.experts.{}.down_proj.weight"
+    np.testing.assert_array_equal(b[down.format(3)].view(torch.uint8).numpy(), a[down.format(expert)].view(torch.uint8).numpy()[hidden])
+    np.testing.assert_allclose(b[down.format(3) + "_scale_inv"].numpy(),  # writes the residual stream: scales times c
+                               a[down.format(expert) + "_scale_inv"].numpy()[[0, 2, 3]] * np.float32(np.sqrt(48 / 64)), rtol=1e-6)
     assert "modules_to_not_convert" not in plan.new_config["quantization_config"]
     _check(fp8, tmp_path / "out")
 
@@ -116,17 +118,25 @@ def test_mxfp4_keep_everything_is_byte_identical(mxfp4, tmp_path):
 
 
 def test_mxfp4_whole_block_cuts_keep_the_format(mxfp4, tmp_path):
-    """Experts, layers, heads and hidden channels in whole 32-blocks: bytes and scales sliced."""
-    hidden = list(range(32))
-    plan = ps.run(mxfp4, tmp_path / "out", ps.PruneSpec(sizes={"num_local_experts": 2, "num_attention_heads": 4}, drop_layers=(1,), keep={"hidden": hidden}))
+    """Experts, layers and heads: bytes and scales sliced (a hidden cut rescales down_proj: below)."""
+    plan = ps.run(mxfp4, tmp_path / "out", ps.PruneSpec(sizes={"num_local_experts": 2, "num_attention_heads": 4}, drop_layers=(1,)))
     assert not any("MXFP4" in w for w in plan.warnings)
     a, b, keep = mtp_tensors(mxfp4), mtp_tensors(tmp_path / "out"), keep_of(tmp_path / "out")
     experts = keep["experts"]["2"]
-    p = "model.layers.1.mlp.experts."
-    np.testing.assert_array_equal(b[p + "gate_up_proj_blocks"].numpy(), a[p.replace(".1.", ".2.") + "gate_up_proj_blocks"].numpy()[experts][:, :, :1])
-    np.testing.assert_array_equal(b[p + "gate_up_proj_scales"].numpy(), a[p.replace(".1.", ".2.") + "gate_up_proj_scales"].numpy()[experts][:, :, :1])
-    np.testing.assert_array_equal(b[p + "down_proj_blocks"].numpy(), a[p.replace(".1.", ".2.") + "down_proj_blocks"].numpy()[experts][:, hidden])
+    p, q = "model.layers.1.mlp.experts.", "model.layers.2.mlp.experts."
+    for name in ("gate_up_proj_blocks", "gate_up_proj_scales", "down_proj_blocks", "down_proj_scales"):
+        np.testing.assert_array_equal(b[p + name].numpy(), a[q + name].numpy()[experts])
     assert plan.new_config["quantization_config"] == plan.config["quantization_config"]
+    _check_mx(mxfp4, tmp_path / "out")
+
+
+def test_mxfp4_hidden_cuts_dequantize_the_experts(mxfp4, tmp_path):
+    """A whole-block hidden cut still rescales down_proj by c = sqrt(d'/d) (it writes the residual
+    stream); E8M0 scales are powers of two, so the experts are written dequantized, and the plan says why."""
+    plan = ps.run(mxfp4, tmp_path / "out", ps.PruneSpec(keep={"hidden": list(range(32))}))
+    assert any("MXFP4 tensors are written as" in w and "power-of-two scales" in w for w in plan.warnings), plan.warnings
+    b = mtp_tensors(tmp_path / "out")
+    assert "model.layers.1.mlp.experts.down_proj" in b and not any(k.endswith("_blocks") for k in b)
     _check_mx(mxfp4, tmp_path / "out")
 
 
@@ -144,17 +154,23 @@ def test_mxfp4_other_cuts_dequantize_and_transpose(mxfp4, tmp_path):
 
 
 def test_rescaled_fp8_weights_keep_their_codes(tmp_path):
-    """glm4_moe q/k projections feed q_norm/k_norm: under a whole-block hidden cut they are scaled
-    by sqrt(d/d') through their block scales, the FP8 codes unchanged."""
+    """Under a whole-block hidden cut, what writes the residual stream (o_proj, expert and shared
+    down projections) is scaled by c = sqrt(d'/d) through its block scales, the FP8 codes
+    unchanged; q/k (read from the normed stream) are only sliced."""
     src = quantize_fp8(build(tmp_path / "glm", "glm4_moe"))
     hidden = list(range(16)) + list(range(32, 64))
     plan = ps.run(src, tmp_path / "out", ps.PruneSpec(keep={"hidden": hidden}))
     assert not any("FP8" in w for w in plan.warnings)
     a, b = mtp_tensors(src), mtp_tensors(tmp_path / "out")
+    c = np.float32(np.sqrt(48 / 64))
+    for name in ("self_attn.o_proj.weight", "mlp.experts.0.down_proj.weight", "mlp.shared_experts.down_proj.weight"):
+        w = f"model.layers.1.{name}"
+        assert b[w].dtype == torch.float8_e4m3fn, w
+        np.testing.assert_array_equal(b[w].view(torch.uint8).numpy(), a[w].view(torch.uint8).numpy()[hidden])
+        np.testing.assert_allclose(b[w + "_scale_inv"].numpy(), a[w + "_scale_inv"].numpy()[[0, 2, 3]] * c, rtol=1e-6)
     q = "model.layers.1.self_attn.q_proj.weight"
-    assert b[q].dtype == torch.float8_e4m3fn
     np.testing.assert_array_equal(b[q].view(torch.uint8).numpy(), a[q].view(torch.uint8).numpy()[:, hidden])
-    np.testing.assert_allclose(b[q + "_scale_inv"].numpy(), a[q + "_scale_inv"].numpy()[:, [0, 2, 3]] * np.float32(np.sqrt(64 / 48)), rtol=1e-6)
+    np.testing.assert_array_equal(b[q + "_scale_inv"].numpy(), a[q + "_scale_inv"].numpy()[:, [0, 2, 3]])
     _check(src, tmp_path / "out")
 
 

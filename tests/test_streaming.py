@@ -61,18 +61,26 @@ def bf16_models(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_peak_traced_memory_does_not_grow_with_the_model(bf16_models, tmp_path):
-    peaks, sizes, budgets = {}, {}, {}
+    """The traced peak of a run stays within the plan's own working-memory budget plus the plan itself.
+
+    The bound comes from each run's own plan, never from another run's peak: how many blocks are alive
+    at once depends on thread scheduling (on a busy machine the small model once peaked at half of the
+    large one), but never exceeds what the plan budgets for.
+    """
+    budgets, sizes = {}, {}
     for name, src in bf16_models.items():
         tracemalloc.start()
+        ps.plan(src, JOB, block_bytes=256 << 10)
+        planning = tracemalloc.get_traced_memory()[1]  # the plan's own objects, built again inside run
+        tracemalloc.stop()
+        tracemalloc.start()
         plan = ps.run(src, tmp_path / name, JOB, block_bytes=256 << 10)
-        peaks[name] = tracemalloc.get_traced_memory()[1]
+        peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         sizes[name], budgets[name] = plan.bytes_before, plan.peak_bytes
-    assert sizes["large"] > 3 * sizes["small"] and budgets["large"] == budgets["small"]
-    assert peaks["large"] < 3 << 20, peaks  # fixed budget: a few row blocks, not the model
-    # bounded by the plan's own budget (blocks in flight), which does not grow with the model; how many
-    # blocks are in flight at once depends on thread scheduling, so the small run is no baseline
-    assert peaks["large"] < budgets["large"] + (1 << 20), (peaks, budgets)
+        assert peak <= plan.peak_bytes + planning + (256 << 10), (name, peak, plan.peak_bytes, planning)
+    assert sizes["large"] > 3 * sizes["small"]
+    assert budgets["large"] == budgets["small"] < 4 << 20, budgets  # a few row blocks, not the model
 
 
 def test_core_path_never_imports_torch(bf16_models, tmp_path):

@@ -1,4 +1,5 @@
-"""Megatron-core checkpoints: HF export/import, TP resharding and balanced pruning.
+"""Megatron-core checkpoints (per-rank ``torch`` and ``torch_dist``): HF export/import, TP resharding
+and format conversion, balanced pruning, and ``train_args.sh`` for continued training.
 
 Needs torch (the optional extra); torch is imported inside the functions, never when this
 package is imported.

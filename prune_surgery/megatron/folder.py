@@ -34,6 +34,7 @@ from .layout import (
     vocab_reader,
     write_name,
 )
+from .distmeta import is_dist_folder
 from .safeload import load_rank_file, plain
 
 if TYPE_CHECKING:
@@ -79,7 +80,19 @@ class Location:
 
     root: Path
     iteration: int | str  # an int, or "release"
-    rank_files: list[Path]
+    rank_files: list[Path]  # for torch_dist: [the folder with .metadata]
+    dist: bool = False  # a torch_dist checkpoint
+
+
+def _dist_location(path: Path) -> Location | None:
+    """A torch_dist folder given directly (an iter_ folder, NeMo 2's weights/ or the NeMo root)."""
+    if is_dist_folder(path / "weights") and not is_dist_folder(path):
+        return Location(path, 0, [path / "weights"], dist=True)
+    if not is_dist_folder(path):
+        return None
+    if re.fullmatch(r"iter_\d{7}|release", path.name):
+        return Location(path.parent, "release" if path.name == "release" else int(path.name[5:]), [path], dist=True)
+    return Location(path.parent if path.name == "weights" else path, 0, [path], dist=True)
 
 
 def locate(path: Path) -> Location:
@@ -87,6 +100,9 @@ def locate(path: Path) -> Location:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a folder; give a Megatron checkpoint folder")
+    direct = _dist_location(path)
+    if direct is not None:
+        return direct
     root, iteration = path, None
     tracker = path / TRACKER
     if tracker.is_file():
@@ -109,23 +125,31 @@ def locate(path: Path) -> Location:
             raise ArchitectureError(f"{folder}: pipeline-parallel checkpoints (PP > 1) are not supported; convert to PP=1 first")
         if match:
             ranks[int(match.group(1))] = child / RANK_FILE
+    if not ranks and is_dist_folder(folder):
+        return Location(root, iteration, [folder], dist=True)
     if not ranks:
-        hint = " (a torch_dist checkpoint: convert it with --ckpt-convert-format torch)" if (folder / "metadata.json").exists() else ""
-        raise CheckpointError(f"{folder}: no mp_rank_* folders{hint}")
+        raise CheckpointError(f"{folder}: no mp_rank_* folders and no torch_dist metadata.json; not a Megatron checkpoint")
     if sorted(ranks) != list(range(len(ranks))):
         raise CheckpointError(f"{folder}: tensor-parallel ranks {sorted(ranks)} are not 0..{len(ranks) - 1}; the checkpoint is incomplete")
     for file in ranks.values():
+        if not file.is_file() and (file.parent / "distrib_optim.pt").is_file():
+            raise CheckpointError(f"{file.parent} holds only distributed-optimizer state (distrib_optim.pt), no model "
+                                  "weights; give the folder with model_optim_rng.pt")
         if not file.is_file():
             raise CheckpointError(f"{file} is missing; the checkpoint is incomplete")
     return Location(root, iteration, [ranks[i] for i in range(len(ranks))])
 
 
 def is_megatron_checkpoint(path: Path) -> bool:
-    """Whether `path` is a Megatron checkpoint folder this package can read (checks names only)."""
+    """Whether `path` is a Megatron checkpoint folder (checks names only).
+
+    A folder with Megatron's tracker file counts even when it cannot be read, so that reading
+    it reports what is wrong instead of treating it as a Hugging Face folder.
+    """
     try:
         locate(Path(path))
     except (CheckpointError, ArchitectureError, OSError, ValueError):
-        return False
+        return (Path(path) / TRACKER).is_file()
     return True
 
 
@@ -199,6 +223,10 @@ def read_checkpoint(path: Path, vocab_size: int | None = None) -> MegatronCheckp
     every embedding row counts as a token).
     """
     location = locate(Path(path))
+    if location.dist:
+        from .dist import read_dist
+
+        return read_dist(location, vocab_size)
     ranks: list[dict[tuple[str, int | None], Any]] = []
     args: dict[str, Any] = {}
     spec = "te"

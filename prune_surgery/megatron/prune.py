@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,10 @@ from ..dtypes import from_float32, to_float32
 from ..errors import SpecError
 from ..keepfile import Keep, kept, normalize_keep
 from ..output import atomic_folder, check_output
-from .args import build_args, rank_content
-from .folder import (
-    SIDE_FILE,
-    MegatronCheckpoint,
-    copy_side,
-    from_raw,
-    is_megatron_checkpoint,
-    rank_model,
-    rank_path,
-    read_checkpoint,
-    write_tracker,
-)
+from .args import build_args
+from .folder import SIDE_FILE, MegatronCheckpoint, copy_side, from_raw, is_megatron_checkpoint, read_checkpoint
 from .layout import Shapes
-from .safeload import save_rank_file
+from .writer import dist_args, write_megatron, write_train_args
 
 __all__ = ["is_megatron_checkpoint", "prune_megatron"]
 
@@ -116,26 +105,37 @@ class _RankSlicer:
         ckpt, hidden = self.ckpt, self.hidden
         dtype = ckpt.dtype(role, layer)
         if role in ("input_norm", "mlp_norm", "final_norm"):
-            out = ckpt.norm(role, layer)[hidden]
-            if self.scale is not None:
-                out = from_float32(to_float32(out, dtype) * np.float32(self.scale), dtype)
-            return from_raw(out, dtype)
+            return from_raw(self._scaled(ckpt.norm(role, layer)[hidden], role, dtype), dtype)
         raw = ckpt.raw(rank, role, layer)
         if role in ("embedding", "output"):
-            return from_raw(raw[:, hidden], dtype)
+            return from_raw(self._scaled(raw[:, hidden], role, dtype), dtype)
         index = local[layer][role]  # type: ignore[index]
         picked = raw[np.ix_(index, hidden)] if role in ("qkv", "fc1") else raw[np.ix_(hidden, index)]
-        return from_raw(picked, dtype)
+        return from_raw(self._scaled(picked, role, dtype), dtype)
+
+    def _scaled(self, raw: np.ndarray, role: str, dtype: str) -> np.ndarray:
+        """The engine's residual-stream rule (plan._rescale), `self.scale` = sqrt(d/d') = 1/c:
+        what writes the stream (embedding, proj, fc2) times c, the norms reading it times 1/c,
+        the final norm once more when the output layer is the (scaled) embedding."""
+        if self.scale is None or role in ("qkv", "fc1") or (role == "output" and not self.ckpt.tied):
+            return raw
+        factor = 1 / self.scale if role in ("embedding", "output", "proj", "fc2") else self.scale
+        if role == "final_norm" and self.ckpt.tied:
+            factor /= 1 / self.scale
+        return from_float32(to_float32(raw, dtype) * np.float32(factor), dtype)
 
 
 def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: bool = True,
-                   overwrite: bool = False) -> None:
+                   train_tp: int | None = None, overwrite: bool = False) -> None:
     """Apply the kept indices `keep` (the engine's keep object) to every rank of the Megatron checkpoint at `src`.
 
     Refuses (SpecError) spaces it cannot prune in Megatron form (vocab, experts), per-layer
     sizes that differ between layers, and selections that keep a different number of kv
-    groups or ffn neurons on different TP ranks.  Hidden pruning rescales RMSNorm weights by
-    sqrt(d/d') and the norm epsilon by d/d' unless `norm_rescale` is false.
+    groups or ffn neurons on different TP ranks.  Hidden pruning keeps the norm epsilon and
+    scales the residual stream by sqrt(d'/d) (the engine's rule, plan._rescale) unless
+    `norm_rescale` is false.  A torch_dist checkpoint is pruned as one whole-model rank and
+    written as torch_dist; `train_tp` is the TP size its ``train_args.sh`` names (the pruned
+    sizes must divide by it; ignored for rank files).
     """
     keep = normalize_keep(keep)
     unknown = sorted(set(keep) - set(SPACES))
@@ -152,27 +152,27 @@ def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: 
             raise SpecError(f"{what}: kept layers keep {sorted(sizes)}; Megatron needs the same count in every layer")
     first = per_layer[layers[0]]
     shapes = Shapes(len(layers), len(hidden), len(first.ffn), len(first.heads), len(first.groups), s.head_dim, s.padded_vocab)
-    shapes.check_tp(tp)
+    out_tp = (train_tp or 1) if ckpt.location.dist else tp  # rank files keep their TP size
+    shapes.check_tp(out_tp)
     rescale = norm_rescale and shapes.hidden != s.hidden
-    eps = float(ckpt.eps) * s.hidden / shapes.hidden if rescale else ckpt.eps
+    eps = ckpt.eps
     slicer = _RankSlicer(ckpt, layers, hidden, per_layer, math.sqrt(s.hidden / shapes.hidden) if rescale else None)
     check_output(Path(out), ckpt.location.root, overwrite)
     iteration = ckpt.location.iteration
-    spec = "te" if ckpt.spec == "legacy" else ckpt.spec
+    spec = "te" if ckpt.spec in ("legacy", "dist") else ckpt.spec
     divisible_by = int(ckpt.side.get("make_vocab_size_divisible_by", ckpt.args.get("make_vocab_size_divisible_by", 128)))
-    args = build_args(ckpt.args, shapes, tp=tp, tied=ckpt.tied, eps=eps, dtype=ckpt.dtype("embedding"),
-                      spec=spec, divisible_by=divisible_by)
+    fmt = "torch_dist" if ckpt.location.dist else "torch"
+    args = dist_args(build_args(ckpt.args, shapes, tp=out_tp, tied=ckpt.tied, eps=eps,
+                                dtype=ckpt.dtype("embedding"), spec=spec, divisible_by=divisible_by), fmt)
     side = dict(ckpt.side)
     if side:
         side["hf_layers"] = [list(side.get("hf_layers", range(s.layers)))[i] for i in layers]
+    local = {rank: {layer: slicer.local(rank, layer) for layer in layers} for rank in range(tp)}
     with atomic_folder(Path(out)) as tmp:
-        folder = write_tracker(tmp, iteration)
-        for rank in range(tp):
-            local = {layer: slicer.local(rank, layer) for layer in layers}
-            model = rank_model(shapes, spec, ckpt.tied, partial(slicer.tensor, rank, local=local))
-            save_rank_file(rank_path(folder, rank), rank_content(args, iteration, model))
-            del model
+        write_megatron(tmp, fmt, args, iteration, shapes, spec, ckpt.tied,
+                       lambda rank, role, layer: slicer.tensor(rank, role, layer, local=local[rank]))
         copy_side(ckpt.location.root, tmp, side)
+        write_train_args(tmp, Path(out), args, ckpt.vocab)
         record = {"tool": "prune-surgery megatron", "source": str(ckpt.location.root), "tp": tp,
                   "norm_rescale": norm_rescale, "keep": keep, "side_file": SIDE_FILE if side else None}
         (tmp / "prune_surgery.json").write_text(json.dumps(record, indent=1) + "\n")

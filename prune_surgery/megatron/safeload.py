@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +102,9 @@ def load_rank_file(path: Path) -> dict[str, Any]:
             "(prune-surgery never runs pickled code); re-save the checkpoint with only tensors, "
             "plain values and an argparse Namespace"
         ) from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged zip or pickle fails in many ways inside torch.load
         raise CheckpointError(
-            f"{path}: not a readable torch zip checkpoint ({str(exc).splitlines()[0][:120]}); "
+            f"{path}: not a readable torch zip checkpoint ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]}); "
             "re-save it with torch.save (zip format, the default since torch 1.6)"
         ) from None
     if not isinstance(content, dict):

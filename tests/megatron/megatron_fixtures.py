@@ -46,6 +46,6 @@ def hf_tensors(folder: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
     return out
 
 
-def rescale(weight, d: int, d_new: int):
-    """RMSNorm weight times sqrt(d/d'), computed in float32 and rounded back (torch rounds to nearest even)."""
-    return (weight.float() * np.float32(math.sqrt(d / d_new))).to(weight.dtype)
+def rescale(weight, factor: float):
+    """A weight times `factor` (hidden pruning's rule), computed in float32 and rounded back (torch rounds to nearest even)."""
+    return (weight.float() * np.float32(factor)).to(weight.dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -53,9 +54,12 @@ def reference_prune(src, out, keep, norm_rescale=True):
         if name in weights:
             new[name] = weights[name][:, hidden].contiguous()
     d_new = len(hidden)
-    if norm_rescale and d_new != d:
-        new = {k: rescale(v, d, d_new) if k.endswith("norm.weight") else v for k, v in new.items()}
-        config["rms_norm_eps"] = float(config["rms_norm_eps"]) * d / d_new
+    if norm_rescale and d_new != d:  # the residual stream times c = sqrt(d'/d); every eps kept
+        s, tied = math.sqrt(d / d_new), "lm_head.weight" not in weights  # s = 1/c, computed as the engine does
+        writers = ("embed_tokens.weight", "o_proj.weight", "down_proj.weight")
+        factors = {k: 1 / s if k.endswith(writers) else s if k.endswith("layernorm.weight") else 1.0 for k in new}
+        factors["model.norm.weight"] = s / (1 / s) if tied else s
+        new = {k: rescale(v, factors[k]) if factors[k] != 1.0 else v for k, v in new.items()}
     n_layers = len(keep.get("layers", range(config["num_hidden_layers"])))
     first = keep.get("layers", [0])[0]
     config.update(hidden_size=d_new, num_hidden_layers=n_layers, head_dim=hd,

@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from megatron_fixtures import hf_tensors
 
 import prune_surgery as ps
+from prune_surgery.megatron import distmeta, import_megatron, is_megatron_checkpoint
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -40,8 +43,17 @@ def test_prune_megatron_then_reshard_and_import_equals_pruning_hf(llama, tmp_pat
         assert [sum(i * 4 // 96 == r for i in keep["ffn"][layer]) for r in range(4)] == [16] * 4
 
 
-def test_megatron_run_refuses_magnitude(llama, tmp_path):
-    meg = tmp_path / "meg"
-    assert cli("megatron", "export", str(llama()), str(meg), "--tp", "2").returncode == 0
-    result = cli("run", str(meg), str(tmp_path / "out"), "--intermediate-size", "48", "--method", "magnitude")
-    assert result.returncode == 2 and "megatron import" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize("fmt", ["torch", "torch_dist"])
+def test_megatron_magnitude_goes_through_hf_and_keeps_the_format(llama, tmp_path, fmt):
+    """--method magnitude on Megatron: import, prune, export back (same format and TP size);
+    the result equals magnitude pruning of the HF model (balanced over the TP size)."""
+    src, meg = llama(), tmp_path / "meg"
+    assert cli("megatron", "export", str(src), str(meg), "--tp", "2", "--format", fmt).returncode == 0
+    options = ["--intermediate-size", "48", "--num-key-value-heads", "2", "--num-attention-heads", "4", "--method", "magnitude"]
+    result = cli("run", str(meg), str(tmp_path / "out"), "-q", *options, *(["--balance", "2"] if fmt == "torch_dist" else []))
+    assert result.returncode == 0, result.stderr
+    assert is_megatron_checkpoint(tmp_path / "out") and (tmp_path / "out" / "train_args.sh").is_file()
+    assert distmeta.is_dist_folder(tmp_path / "out" / "iter_0000001") == (fmt == "torch_dist")
+    import_megatron(tmp_path / "out", tmp_path / "hf")
+    assert cli("run", str(src), str(tmp_path / "reference"), "-q", *options, "--balance", "2").returncode == 0
+    assert hf_tensors(tmp_path / "hf") == hf_tensors(tmp_path / "reference")

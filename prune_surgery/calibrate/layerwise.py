@@ -1,0 +1,351 @@
+"""Run a checkpoint through stock `transformers` modules one decoder layer at a time.
+
+The model is built from its config with every parameter on the ``meta`` device (no memory).
+Resident at any time: one decoder layer's weights (read from the memory-mapped shards through
+`transformers`' own weight conversions, so fused expert tensors load as they do in
+``from_pretrained``), the residual stream of every window, and one micro-batch of temporaries.
+
+1. **embed**: the model's own forward runs with each decoder layer replaced by a recorder that
+   keeps the arguments the model passes it (masks, position embeddings: they depend only on the
+   window shape) and stops after the last; the first recorder's input is the embedded stream.
+2. **layers**: each layer is materialized, every micro-batch goes through its stock forward with
+   the recorded arguments, and the layer goes back to ``meta``.
+3. **head**: the model's forward runs again with layers replaced by injectors that return the
+   final stream, a chunk of tokens at a time, so the model's own final norm, lm_head and logit
+   soft-capping produce the logits; never [tokens x vocab] at once.
+
+The decoder layer list is found from the table (the template prefix before ``{layer}``); no
+family is named here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from ..api import Source
+from ..errors import ArchitectureError, CheckpointError
+
+
+def param_namer(model: torch.nn.Module) -> Callable[[str], str]:
+    """A function from checkpoint tensor names to the `model` parameters they load into.
+
+    It applies `transformers`' own renaming and conversion rules (per-expert tensors land in
+    fused 3-D parameters); a name they leave alone maps to itself.
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    mapping = get_model_conversion_mapping(model)
+    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    state = model.state_dict()
+    prefix = getattr(model, "base_model_prefix", "")
+
+    def name_of(name: str) -> str:
+        renamed, _ = rename_source_key(name, renamings, converters, prefix, state)
+        return renamed if renamed in state else name
+
+    return name_of
+
+
+def eager_experts(model: torch.nn.Module) -> None:
+    """Run fused experts one by one (``eager``): each expert's slice then goes through ``F.linear``,
+    where its statistics are read.  Models without fused experts are left alone."""
+    can = getattr(type(model), "_can_set_experts_implementation", None)
+    if can is not None and can():
+        model.set_experts_implementation("eager")
+
+
+@contextlib.contextmanager
+def _forward_errors(layer: int | None) -> Iterator[None]:
+    """A forward that transformers cannot run on this checkpoint becomes one line."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        where = f"decoder layer {layer}" if layer is not None else "the embedding"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ArchitectureError(f"the transformers forward of {where} failed ({first}); this checkpoint cannot be run layer by layer") from exc
+
+
+class _Stop(Exception):
+    """Raised by the last recorder: the rest of the model's forward is not needed."""
+
+
+class _Stand(torch.nn.Module):
+    """Stands in for a decoder layer inside the model's forward (attributes read through)."""
+
+    def __init__(self, layer: torch.nn.Module, index: int, engine: "LayerwiseModel") -> None:
+        super().__init__()
+        object.__setattr__(self, "_layer", layer)
+        object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_engine", engine)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_layer"), name)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self._engine._stand_in(self._index, hidden_states, args, kwargs)
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+class LayerwiseModel:
+    """A checkpoint executed layer by layer with `transformers` modules."""
+
+    def __init__(self, source: Source, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
+        import transformers
+        from accelerate import init_empty_weights
+        from transformers.conversion_mapping import get_model_conversion_mapping
+
+        root = source.local_root
+        if root is None:
+            raise CheckpointError("calibration and eval read a local copy of the checkpoint; drop --stream")
+        _quiet_transformers()
+        self.source, self.arch, self.ckpt = source, source.arch, source.checkpoint
+        self.dtype, self.device = dtype, torch.device(device)
+        try:
+            config = transformers.AutoConfig.from_pretrained(str(root))
+            with init_empty_weights(include_buffers=False):
+                self.model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArchitectureError(f"transformers cannot build {config.model_type if 'config' in dir() else 'this model'} "
+                                    f"from its config ({str(exc).splitlines()[0]}); calibration needs a model transformers can run") from None
+        self.model.eval()
+        eager_experts(self.model)
+        for owner in self.model.modules():  # buffers (rotary frequencies, scales) live on the device
+            for name, buffer in list(owner._buffers.items()):
+                if buffer is not None:
+                    owner._buffers[name] = buffer.to(self.device)
+        self.mapping = get_model_conversion_mapping(self.model)
+        self._to_param = param_namer(self.model)
+        self.params: dict[str, list[str]] = {}  # model parameter -> checkpoint tensors
+        self.layer_of: dict[str, int] = {}
+        for name in self.ckpt.tensors:
+            claim = self.arch.match(name)
+            if claim is None:
+                continue
+            self.params.setdefault(self.to_param(name), []).append(name)
+            if "layer" in claim[1]:
+                self.layer_of[name] = claim[1]["layer"]
+        self.layers = self._layer_list()
+        self._handles: dict[str, Any] = {}
+        self._mode = "embed"
+        self._captured: dict[tuple[int, ...], list[tuple[tuple, dict]]] = {}
+        self._first: torch.Tensor | None = None
+        self._final: torch.Tensor | None = None
+
+    # -- names -------------------------------------------------------------------------------
+    def to_param(self, name: str) -> str:
+        """The model parameter a checkpoint tensor is loaded into (transformers' renaming rules)."""
+        return self._to_param(name)
+
+    def _layer_list(self) -> torch.nn.ModuleList:
+        prefixes = {r.template.split("{layer}")[0].rstrip(".") for r in self.arch.roles.values() if "{layer}" in r.template}
+        for prefix in sorted(prefixes):
+            for candidate in (prefix, prefix.split(".", 1)[-1]):
+                with contextlib.suppress(AttributeError):
+                    module = self.model.get_submodule(candidate)
+                    if isinstance(module, torch.nn.ModuleList):
+                        return module
+        raise ArchitectureError(f"cannot find the decoder layers of {self.arch.family} in the transformers model "
+                                f"(looked for {', '.join(sorted(prefixes))}); the table and the model disagree")
+
+    @property
+    def num_layers(self) -> int:
+        """Decoder layers of the checkpoint."""
+        return len(self.layers)
+
+    def layer_params(self, index: int) -> dict[int, str]:
+        """id(parameter) -> full parameter name, for the materialized layer `index`."""
+        prefix = self._layer_prefix(index)
+        return {id(p): f"{prefix}.{n}" for n, p in self.layers[index].named_parameters()}
+
+    def _layer_prefix(self, index: int) -> str:
+        for name, module in self.model.named_modules():
+            if module is self.layers[index]:
+                return name
+        raise ArchitectureError(f"decoder layer {index} is not part of the model")
+
+    # -- weights -----------------------------------------------------------------------------
+    def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+
+        by_file: dict[str, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.ckpt.tensors[name].file, []).append(name)
+        out = {}
+        root = self.source.local_root
+        assert root is not None
+        for file, group in by_file.items():
+            with safe_open(str(Path(root) / file), framework="pt", device="cpu") as handle:
+                for name in group:
+                    out[name] = handle.get_tensor(name)
+        return out
+
+    def materialize(self, module: torch.nn.Module, prefix: str) -> None:
+        """Load every meta parameter of `module` (named `prefix` in the model) from the checkpoint."""
+        from transformers.core_model_loading import convert_and_load_state_dict_in_model
+        from transformers.modeling_utils import LoadStateDictConfig
+
+        wanted = {f"{prefix}.{n}" if prefix else n: p for n, p in module.named_parameters() if p.is_meta}
+        names = [t for param in wanted for t in self.params.get(param, [])]
+        if names:
+            config = LoadStateDictConfig(weight_mapping=self.mapping, dtype=self.dtype, device_map={"": str(self.device)})
+            info, _ = convert_and_load_state_dict_in_model(self.model, self._read(names), config)
+            if info.mismatched_keys or info.conversion_errors:
+                raise ArchitectureError(f"transformers could not load {prefix or 'the model'}: "
+                                        f"{sorted(info.mismatched_keys)[:2] or info.conversion_errors}")
+        for name, param in list(module.named_parameters()):
+            if param.is_meta:
+                full = f"{prefix}.{name}" if prefix else name
+                self._tied(module, name, full)
+
+    def _tied(self, module: torch.nn.Module, name: str, full: str) -> None:
+        claim = self.arch.match(full) if full not in self.params else None
+        role = claim[0] if claim else None
+        source = self.arch.roles.get(role.tied_to) if role is not None and role.tied_to else None
+        if source is None or source.template not in self.ckpt.tensors:
+            raise CheckpointError(f"the checkpoint holds no tensor for parameter {full}; it cannot run")
+        value = self._read([source.template])[source.template].to(self.device, self.dtype)
+        owner, _, leaf = name.rpartition(".")
+        setattr(module.get_submodule(owner) if owner else module, leaf, torch.nn.Parameter(value, requires_grad=False))
+
+    @staticmethod
+    def free(module: torch.nn.Module) -> None:
+        """Send a module's parameters back to ``meta`` (their memory is released; buffers stay)."""
+        for owner in module.modules():
+            for name, param in list(owner._parameters.items()):
+                if param is not None and not param.is_meta:
+                    owner._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=False)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def _outer_lazy(self) -> Iterator[None]:
+        """Materialize non-layer modules (embedding, final norm, lm_head) when the forward calls them."""
+        layer_ids = {id(m) for layer in self.layers for m in layer.modules()}
+        hooks, loaded = [], []
+        for name, module in self.model.named_modules():
+            if id(module) in layer_ids or not any(True for _ in module.parameters(recurse=False)):
+                continue
+
+            def pre(mod: torch.nn.Module, args: Any, _name: str = name) -> None:
+                if any(p.is_meta for p in mod.parameters(recurse=False)):
+                    self.materialize(mod, _name)
+                    loaded.append(mod)
+
+            hooks.append(module.register_forward_pre_hook(pre))
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+            for mod in loaded:
+                self.free(mod)
+
+    # -- the three stages --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _standing(self, mode: str) -> Iterator[None]:
+        originals = list(self.layers)
+        self._mode = mode
+        for i, layer in enumerate(originals):
+            self.layers[i] = _Stand(layer, i, self)
+        try:
+            with self._outer_lazy():
+                yield
+        finally:
+            for i, layer in enumerate(originals):
+                self.layers[i] = layer
+
+    def _stand_in(self, index: int, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        if self._mode == "embed":
+            calls = self._captured.setdefault(tuple(hidden.shape[:2]), [])
+            if len(calls) < self.num_layers:  # the arguments depend on the shape only: one set per shape
+                calls.append((args, kwargs))
+            if index == 0:
+                self._first = hidden
+            if index == self.num_layers - 1:
+                raise _Stop
+            return hidden
+        return self._final if index == self.num_layers - 1 else hidden  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def embed(self, ids: torch.Tensor, micro: int) -> torch.Tensor:
+        """The residual stream entering layer 0 for windows `ids` [N, T] (compute dtype, on the device)."""
+        parts = []
+        with self._standing("embed"):
+            for start in range(0, ids.shape[0], micro):
+                batch = ids[start : start + micro].to(self.device)
+                with contextlib.suppress(_Stop), _forward_errors(None):
+                    self.model(input_ids=batch, use_cache=False)
+                assert self._first is not None
+                parts.append(self._first.to(self.dtype))
+        return torch.cat(parts)
+
+    def layer_args(self, index: int, shape: tuple[int, int]) -> tuple[tuple, dict]:
+        """The arguments the model passes decoder layer `index` for a micro-batch of `shape`."""
+        return self._captured[shape][index]
+
+    @contextlib.contextmanager
+    def resident(self, index: int) -> Iterator[torch.nn.Module]:
+        """Decoder layer `index` with its weights loaded; they go back to ``meta`` on exit."""
+        layer = self.layers[index]
+        self.materialize(layer, self._layer_prefix(index))
+        try:
+            yield layer
+        finally:
+            self.free(layer)
+
+    @torch.no_grad()
+    def forward(self, index: int, h_in: torch.Tensor) -> torch.Tensor:
+        """One micro-batch through the (resident) decoder layer `index`, with the model's arguments."""
+        args, kwargs = self.layer_args(index, tuple(h_in.shape[:2]))
+        with _forward_errors(index):
+            out = self.layers[index](h_in, *args, **kwargs)
+        if isinstance(out, tuple):
+            out = out[0]
+        if not isinstance(out, torch.Tensor) or out.shape != h_in.shape:
+            raise ArchitectureError(f"decoder layer {index} of {self.arch.family} returned {type(out).__name__}; "
+                                    "its forward cannot run layer by layer")
+        return out
+
+    @torch.no_grad()
+    def run_layer(self, index: int, hidden: torch.Tensor, micro: int,
+                  observe: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                  around: Callable[[int, torch.Tensor], contextlib.AbstractContextManager] | None = None) -> None:
+        """Materialize layer `index`, run every micro-batch of `hidden` through it (in place), free it.
+
+        `observe(start, h_in, h_out)` sees each micro-batch; `around(start, batch)` wraps each forward.
+        """
+        with self.resident(index):
+            for start in range(0, hidden.shape[0], micro):
+                h_in = hidden[start : start + micro]
+                with around(start, h_in) if around else contextlib.nullcontext():
+                    out = self.forward(index, h_in)
+                if observe:
+                    observe(start, h_in, out)
+                hidden[start : start + micro] = out
+
+    @torch.no_grad()
+    def logits(self, final: torch.Tensor) -> torch.Tensor:
+        """Logits (float32) of a final stream chunk [B, t, H], through the model's own head."""
+        self._final = final
+        dummy = torch.zeros_like(final)
+        return self.model(inputs_embeds=dummy, use_cache=False).logits.float()
+
+    @contextlib.contextmanager
+    def head(self) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+        """A context in which `logits(chunk)` runs the head (its weights stay loaded inside)."""
+        with self._standing("head"):
+            yield self.logits
