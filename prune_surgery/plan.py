@@ -185,6 +185,12 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     influence = None  # depth from activation records: block influence, or angular distance of blocks
     if activation is not None and spec.depth != "ppl":
         influence = activation.angular() if spec.depth == "block" else activation.layer_influence()
+        n = sizes.get("layers", 0)
+        if influence is not None and influence.shape not in ((n,), (n + 1, n + 1)):
+            raise SpecError(f"scores {spec.scores} hold layer records of shape {list(influence.shape)} but the model has {n} "
+                            "layers; the file is damaged or from another model, recalibrate")
+        if influence is not None:
+            influence = np.nan_to_num(influence.astype(np.float64), nan=np.inf)
     targets, layers = targets_and_layers(arch, sizes, spec, influence)
     scores = None
     if activation is not None:

@@ -403,3 +403,61 @@ def test_the_fuzzed_base_case_is_valid(tmp_path: Path) -> None:
     ps.run(src, tmp_path / "vocab", spec_from_dict({"keep_vocab": tmp_path / "kv.json"}))
     assert json.loads((tmp_path / "vocab" / "config.json").read_text())["vocab_size"] == len(kept)
     assert len(json.loads((tmp_path / "vocab" / "tokenizer.json").read_text())["model"]["vocab"]) == len(kept)
+
+
+def _valid_scores() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A scores file for the fuzzed model, as `prune-surgery calibrate` writes one (numpy only)."""
+    from prune_surgery.calibrate.scorefile import config_hash
+
+    rng = np.random.default_rng(0)
+    tables: dict[str, np.ndarray] = {}
+    for layer in range(LAYERS):
+        for space, units in (("hidden", HIDDEN), ("heads", HEADS), ("ffn", FFN)):
+            for stat in ("abs", "sq", "win_sq"):
+                tables[f"{space}/{layer}/{stat}"] = rng.random(units)
+            tables[f"{space}/{layer}/tokens"] = np.array([64.0])
+    tables["layers/all/influence"] = rng.random(LAYERS)
+    tables["layers/all/tokens"] = np.full(LAYERS, 64.0)
+    tables["layers/all/angular"] = rng.random((LAYERS + 1, LAYERS + 1))
+    provenance = {"config_hash": config_hash(CONFIG), "data_hash": "0" * 64, "windows": 4, "seq_len": 16, "tokens": 64,
+                  "source": {"path": "src"}, "version": ps.__version__}
+    return tables, provenance
+
+
+def test_fuzz_scores_file() -> None:
+    from safetensors.numpy import save
+
+    from prune_surgery.calibrate.scorefile import FORMAT
+
+    @FUZZ
+    @given(st.data())
+    def case(data: st.DataObject) -> None:
+        tables, provenance = _valid_scores()
+        what = data.draw(st.sampled_from(["table", "drop", "provenance", "metadata", "bytes"]))
+        metadata = {"format": FORMAT, "provenance": json.dumps(provenance)}
+        if what == "table":
+            key = data.draw(st.sampled_from(sorted(tables)))
+            shape = data.draw(st.lists(st.integers(0, 40), min_size=0, max_size=2))
+            fill = data.draw(st.sampled_from([0.0, -1.0, float("nan"), float("inf"), 1e308]))
+            tables[key] = np.full(shape, fill, dtype=data.draw(st.sampled_from([np.float64, np.float32, np.int64])))
+        elif what == "drop":
+            for key in data.draw(st.lists(st.sampled_from(sorted(tables)), max_size=6)):
+                tables.pop(key, None)
+        elif what == "provenance":
+            metadata["provenance"] = json.dumps(mutate_tree(data, provenance))
+        elif what == "metadata":
+            metadata = mutate_tree(data, metadata)
+            metadata = {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+        blob = save(tables, metadata=metadata)
+        if what == "bytes":
+            at = data.draw(st.integers(0, len(blob) - 1))
+            blob = blob[:at] + data.draw(st.binary(min_size=0, max_size=16)) + blob[at + 1 :]
+
+        def spec(tmp: Path) -> ps.PruneSpec:
+            (tmp / "keep.json").write_bytes(blob)  # (the name check_case allows next to OUT)
+            return spec_from_dict({**SPEC, "method": "activation", "scores": str(tmp / "keep.json")})
+
+        check_case("scores file", valid_files(), spec)
+
+    case()
+    report("scores file")

@@ -21,6 +21,7 @@ family is named here.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -70,6 +71,14 @@ def _forward_errors(layer: int | None) -> Iterator[None]:
         where = f"decoder layer {layer}" if layer is not None else "the embedding"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ArchitectureError(f"the transformers forward of {where} failed ({first}); this checkpoint cannot be run layer by layer") from exc
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the system (glibc's malloc_trim; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class _Stop(Exception):
@@ -223,13 +232,18 @@ class LayerwiseModel:
 
     @staticmethod
     def free(module: torch.nn.Module) -> None:
-        """Send a module's parameters back to ``meta`` (their memory is released; buffers stay)."""
+        """Send a module's parameters back to ``meta`` (their memory is released; buffers stay).
+
+        glibc keeps freed heap memory in its arenas; without handing it back after each layer the
+        process grew from 0.5 to 2.6 GiB over SmolLM2's 30 layers (fragmentation, not live data).
+        """
         for owner in module.modules():
             for name, param in list(owner._parameters.items()):
                 if param is not None and not param.is_meta:
                     owner._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=False)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        _trim_heap()
 
     @contextlib.contextmanager
     def _outer_lazy(self) -> Iterator[None]:

@@ -1,7 +1,8 @@
 """Where each space's activation is read, derived from the architecture table.
 
-A space's activation is the input of every tensor whose *input* axis (its last) lives in that
-space: ``down_proj`` [hidden, ffn] reads ffn neurons, ``o_proj`` [hidden, heads] reads query
+A space's activation is the input of every tensor whose *input* axis lives in that space: the
+last axis of a weight applied by ``F.linear`` (the first of one applied by ``addmm``, as GPT-2's
+Conv1D stores [in, out]; the call tells which): ``down_proj`` [hidden, ffn] reads ffn neurons, ``o_proj`` [hidden, heads] reads query
 heads, ``q/k/v/gate/up`` [.., hidden] read hidden channels.  A checkpoint tensor becomes a model
 parameter through `transformers`' own renaming (per-expert tensors are fused into 3-D
 parameters there), so a reader is keyed by (parameter name, expert index or None).  Nothing here
@@ -39,10 +40,14 @@ class Reader:
     writes_hidden: bool  # its output axis is the residual stream (o_proj, down_proj, experts' down)
     layer: int
     name: str = ""  # the checkpoint tensor (for fused gate/up slices: the last one mapped there)
+    rows: tuple[Segment, ...] = ()  # the spaces of axis 0: the input when the model stores [in, out] (GPT-2 Conv1D)
+    transposed: bool = False  # this view of the reader reads its axis 0 (see LinearTap)
 
 
 def _segments(arch: Architecture, axis: tuple, binding: dict[str, int], sizes: dict[str, int]) -> tuple[Segment, ...]:
     out, offset = [], 0
+    if any(s.space not in arch.spaces and s.space not in sizes and not s.space.isdigit() for s in axis):
+        return ()  # a `free` dim (sized by the tensor itself) carries no prunable space here
     for seg in axis:
         if seg.space in arch.spaces:
             units, width = sizes[seg.space], segment_width(arch, seg, sizes)
@@ -72,13 +77,14 @@ def layer_readers(
         if "layer" not in binding or len(role.axes) != 2:
             continue
         segments = _segments(arch, role.axes[-1], binding, sizes)
+        rows = _segments(arch, role.axes[0], binding, sizes)
         writes_hidden = any(s.space == "hidden" for s in role.axes[0])
-        if not segments and not (writes_hidden and "expert" in binding):
+        if not segments and not rows:
             continue
         param = to_param(name)
         # a per-expert checkpoint tensor fused into one 3-D parameter: the reader is that expert's slice
         expert = binding.get("expert") if param != name and expert_owner is not None else None
         key = (param, expert)
         layer = binding["layer"]
-        found.setdefault(layer, {})[key] = Reader(param, expert, segments, writes_hidden, layer, name)
+        found.setdefault(layer, {})[key] = Reader(param, expert, segments, writes_hidden, layer, name, rows)
     return found

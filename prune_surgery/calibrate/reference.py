@@ -10,6 +10,7 @@ function recorder of :mod:`stats` is entered around the whole forward.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ def inmemory_stats(src: str | Path, ids: torch.Tensor, micro: int, dtype: torch.
             if expert is not None:
                 continue
             module = model.get_submodule(param.rsplit(".", 1)[0])
+
+            if type(module).__name__ == "Conv1D":  # transformers' GPT-2 layer: weight stored [in, out]
+                reader = replace(reader, segments=reader.rows)
 
             def pre(mod: torch.nn.Module, args: tuple, r: Any = reader) -> None:
                 x = args[0]

@@ -77,12 +77,15 @@ class Scores:
         tokens = self.stat(space, scope, "tokens")
         if tokens is None:
             return None
-        n = max(float(tokens.sum()), 1.0)
-        if aggregation == "minitron":
-            return np.sqrt(self.stat(space, scope, "win_sq"))  # type: ignore[arg-type]
-        if aggregation == "mean_abs":
-            return self.stat(space, scope, "abs") / n  # type: ignore[operator]
-        return np.sqrt(self.stat(space, scope, "sq") / n)  # type: ignore[operator]
+        n = max(float(np.nan_to_num(tokens.sum(), nan=1.0)), 1.0)
+        name = {"minitron": "win_sq", "mean_abs": "abs", "rms": "sq"}[aggregation]
+        value = self.stat(space, scope, name)
+        if value is None:
+            raise SpecError(f"scores {self.path} lack {space}/{scope}/{name}; the file is damaged, recalibrate")
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            if aggregation == "minitron":
+                return np.sqrt(value)
+            return value / n if aggregation == "mean_abs" else np.sqrt(value / n)
 
     def layer_influence(self) -> np.ndarray | None:
         """Mean block influence 1 - cos(h_in, h_out) of every layer, or None."""
@@ -142,10 +145,19 @@ def ranking(scores: Scores, arch: Any, sizes: dict[str, int], aggregation: str =
     inner = {s.within: name for name, s in arch.spaces.items() if s.within}
 
     def score(space: str, key: str) -> np.ndarray:
+        found = _score(space, key)
+        if found.shape != (sizes[space],) or not np.issubdtype(found.dtype, np.number):
+            raise SpecError(f"scores {scores.path} hold {list(found.shape)} values for {space} (scope {key or 'all'}) but the "
+                            f"model has {sizes[space]}; the file is damaged or from another model, recalibrate")
+        return np.nan_to_num(found.astype(np.float64), nan=-np.inf)
+
+    def _score(space: str, key: str) -> np.ndarray:
         if not arch.spaces[space].per:
             parts = [scores.unit(space, scope, aggregation) for scope in scores.scopes(space)]
             parts = [p for p in parts if p is not None]
             if parts:
+                if len({p.shape for p in parts}) > 1:
+                    raise SpecError(f"scores {scores.path}: the layers disagree on the size of {space}; recalibrate")
                 return np.sum(parts, axis=0)
         else:
             found = scores.unit(space, key, aggregation)
@@ -153,7 +165,7 @@ def ranking(scores: Scores, arch: Any, sizes: dict[str, int], aggregation: str =
                 return found
         if space in inner:
             nested = score(inner[space], key)
-            return nested.reshape(sizes[space], -1).sum(axis=1)
+            return nested.reshape(sizes[space], -1).sum(axis=1)  # (nested was checked: it divides)
         return np.zeros(sizes[space])
 
     return score

@@ -18,6 +18,7 @@ one input), so the same activation is never counted twice.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -79,6 +80,11 @@ class LinearTap(TorchFunctionMode):
             if reader is not None:
                 with torch.no_grad():
                     self.on_linear(reader, args[0], out)
+        elif func is torch.addmm and len(args) >= 3 and isinstance(args[2], torch.Tensor):  # x @ W, W stored [in, out]
+            reader = self._reader(args[2])
+            if reader is not None and reader.rows:
+                with torch.no_grad():
+                    self.on_linear(replace(reader, segments=reader.rows, transposed=True), args[1], out)
         return out
 
     def full(self, x: torch.Tensor) -> bool:

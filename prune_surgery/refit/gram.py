@@ -34,7 +34,7 @@ class InputCapture(LinearTap):
 
     def on_linear(self, reader: Reader, x: torch.Tensor, y: torch.Tensor) -> None:
         """Keep `x` (float64, tokens x n)."""
-        if self.full(x):
+        if self.full(x) and not reader.transposed:
             self.inputs[reader.name] = x.reshape(-1, x.shape[-1]).to(torch.float64)
 
 
@@ -61,7 +61,7 @@ class GramTap(LinearTap):
     def on_linear(self, reader: Reader, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add x x^T (or the dense-pruned cross sums) of this micro-batch."""
         name = reader.name
-        if name in self.alias:
+        if name in self.alias or reader.transposed:  # [in, out] weights (GPT-2 Conv1D) are not refit
             return
         full = self.full(x)
         pair = self.dense.inputs.get(self.dense_name.get(name, name)) if self.dense is not None and full else None

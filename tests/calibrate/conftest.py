@@ -11,16 +11,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-import models  # noqa: E402
-import models_families  # noqa: E402
+from calibrate_families import TINY  # noqa: E402
 from tinytok import add_tokenizer  # noqa: E402
 
 from prune_surgery.calibrate.realmodel import real_text, smollm2  # noqa: E402
-
-#: every table's family, with the builder of its tiny model
-TINY = {name: (models.build, name) for name in models.FAMILIES} | {
-    name: (models_families.build, name) for name in models_families.FAMILIES}
-TINY["llama_tied"] = (models.build, "llama")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import torch
 import transformers
 
 import prune_surgery as ps
-from conftest import TINY
+from calibrate_families import TINY
 from prune_surgery.calibrate.calibration import calibrate
 from prune_surgery.calibrate.data import calibration_windows, load_tokenizer
 from prune_surgery.calibrate.reference import as_numpy, inmemory_stats
@@ -30,9 +30,11 @@ def test_streamed_statistics_equal_whole_model_hooks(tiny, text, tmp_path, name)
     assert set(got) == set(ref)
     for key, value in ref.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-9, err_msg=key)
-    # every prunable space but kv groups (ranked through their heads) and vocab has statistics
+    # every prunable space has statistics, but vocab and the groups other heads nest in (kv groups,
+    # linear-attention key heads), which are ranked through their nested heads
     arch = ps.open_source(src).arch
-    wanted = {s for s in arch.spaces if s not in ("layers", "vocab", "kv_heads")}
+    outer = {s.within for s in arch.spaces.values() if s.within}
+    wanted = {s for s in arch.spaces if s not in ("layers", "vocab") and s not in outer}
     assert wanted <= scores.spaces(), wanted - scores.spaces()
     # block influence against the whole model's own hidden states
     ids = _windows(src, text)
