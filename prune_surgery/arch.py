@@ -22,10 +22,14 @@ from .tablelayout import apply_layout, renamed_templates
 
 @dataclass(frozen=True)
 class Segment:
-    """One part of an axis: `space` units of `per_unit` elements (space may be a fixed dim)."""
+    """One part of an axis: `space` units of `per_unit` elements (space may be a fixed dim).
+
+    `unit` overrides the space's own rows per unit for this axis (MLA: a head is
+    qk_head_dim rows of q_b_proj but v_head_dim columns of o_proj)."""
 
     space: str
     multiplier: int | str = 1  # units per index: an integer, or a fixed dim's name (`lin_v_heads*lin_dv`)
+    unit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class Space:
     within: str | None = None
     default: str | None = None
     mirrors: tuple[str, ...] = ()  # other config keys holding the same size, written with it (a VLM's projector width)
+    groups: str | None = None  # a dim: units are chosen in that many equal contiguous groups, the same count in each
 
 
 #: norm kinds a table may name, and the offset their stored weight carries
@@ -94,6 +99,8 @@ class Architecture:
     layer_shared_tails: tuple[dict[str, Any], ...] = ()  # `layer_config.shared_tail` (KV sharing)
     approximate: str = ""
     alias_roles: tuple[TensorRole, ...] = ()  # the same roles under another stored layout (`aliases`)
+    caveats: tuple[dict[str, Any], ...] = ()
+    extra_layers: str | None = None  # a dim: layers numbered after num_hidden_layers (MTP), kept and renumbered
 
     @property
     def norm_offset(self) -> float:
@@ -140,12 +147,14 @@ def _compile(template: str, copy: bool = False) -> re.Pattern[str]:
 def _axis(spec: str, known: set[str], where: str) -> tuple[Segment, ...]:
     segments = []
     for part in str(spec).split("+"):
-        space, _, mult = part.strip().partition("*")
-        if space not in known and not space.isdigit():
-            raise ArchitectureError(f"table {where}: axis {spec!r} names unknown space or dim {space!r}")
+        part, _, unit = part.strip().partition("@")
+        space, _, mult = part.partition("*")
+        for name in (space, unit) if unit else (space,):
+            if name not in known and not name.isdigit():
+                raise ArchitectureError(f"table {where}: axis {spec!r} names unknown space or dim {name!r}")
         if mult and not mult.isdigit() and mult not in known:
             raise ArchitectureError(f"table {where}: axis {spec!r} multiplies by unknown dim {mult!r}")
-        segments.append(Segment(space, int(mult) if mult.isdigit() else mult or 1))
+        segments.append(Segment(space, int(mult) if mult.isdigit() else mult or 1, unit or None))
     return tuple(segments)
 
 
@@ -189,7 +198,7 @@ def load_architecture(family: str) -> Architecture:
     t = apply_layout(_resolve(family), family)
     spaces = {
         n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"),
-                 _list(s.get("mirrors")))
+                 _list(s.get("mirrors")), s.get("groups"))
         for n, s in t.get("spaces", {}).items()
     }
     dims = dict(t.get("dims", {}))
@@ -202,7 +211,7 @@ def load_architecture(family: str) -> Architecture:
             raise ArchitectureError(f"table {family}.{role}: norm must be true, 'final' or 'post', got {norm!r}")
         if residual not in ("", "write", "read"):
             raise ArchitectureError(f"table {family}.{role}: residual must be 'write' or 'read', got {residual!r}")
-        if "hidden_scale" in entry:
+        if "hidden_scale" in entry or "hidden_scale_if" in entry:
             raise ArchitectureError(
                 f"table {family}.{role}: `hidden_scale` is gone: hidden pruning keeps every eps and scales the residual "
                 "stream instead; mark what adds into it `residual: write`, a run-time sqrt(hidden_size) `embed_scale: true`, "
@@ -224,6 +233,12 @@ def load_architecture(family: str) -> Architecture:
             for part in str(operand).split("*"):
                 if part not in known and not part.isdigit():
                     raise ArchitectureError(f"table {family}: require rule {rule} names unknown space or dim {part!r}")
+    for caveat in t.get("caveats", []):
+        if caveat.get("when") not in spaces or "note" not in caveat:
+            raise ArchitectureError(f"table {family}: a caveat needs `when` (a space) and `note` (`config`, `is` optional): {caveat}")
+    for name in [s.groups for s in spaces.values() if s.groups] + list(_list(t.get("extra_layers"))):
+        if name not in dims:
+            raise ArchitectureError(f"table {family}: {name!r} (groups / extra_layers) must be a dim")
     layer_config = t.get("layer_config", {})
     tie = t.get("tie", {})
     alias_roles, alias_drop = _aliased(roles, list(t.get("drop", [])), list(t.get("aliases", [])), family)
@@ -248,6 +263,8 @@ def load_architecture(family: str) -> Architecture:
         layer_shared_tails=tuple(layer_config.get("shared_tail", [])),
         approximate=str(t.get("approximate", "")),
         alias_roles=alias_roles,
+        caveats=tuple(t.get("caveats", [])),
+        extra_layers=t.get("extra_layers"),
     )
 
 

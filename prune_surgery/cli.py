@@ -50,6 +50,7 @@ KeepVocab = typer.Option(None, "--keep-vocab", help="Kept token ids (from 'prune
 PadVocab = typer.Option(None, "--pad-vocab-to-multiple-of", help="Pad the pruned vocabulary with zero rows")
 NoRescale = typer.Option(False, "--no-norm-rescale", help="Plain slicing of RMSNorm weights (the original method)")
 ShardSize = typer.Option(None, "--max-shard-size", help="Largest output shard, e.g. 5GB")
+Dequantize = typer.Option(False, "--dequantize", help="Write FP8 block-quantized weights dequantized (model dtype)")
 
 
 def _spec(spec_file: Optional[Path], **options: Any) -> PruneSpec:
@@ -61,14 +62,14 @@ def _spec(spec_file: Optional[Path], **options: Any) -> PruneSpec:
 
 def _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn, method, seed,
                   balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores=None, calibration=None,
-                  refit=None, cal_samples=None, cal_seq_len=None, depth=None) -> PruneSpec:  # type: ignore[no-untyped-def]
+                  refit=None, cal_samples=None, cal_seq_len=None, depth=None, dequantize=False) -> PruneSpec:  # type: ignore[no-untyped-def]
     return _spec(
         spec_file, scores=scores, calibration=[str(c) for c in calibration] if calibration else None, refit=refit, depth=depth,
         calibration_samples=cal_samples, calibration_seq_len=cal_seq_len, drop_layers=drop_layers, num_hidden_layers=num_layers, hidden_size=hidden,
         num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=ffn, num_experts=experts,
         moe_intermediate_size=moe_ffn, shared_expert_intermediate_size=shared_ffn, method=method,
         seed=seed, balance=balance, keep=keep, keep_vocab=keep_vocab, pad_vocab_to_multiple_of=pad_vocab,
-        norm_rescale=False if no_rescale else None, max_shard_size=shard_size,
+        norm_rescale=False if no_rescale else None, max_shard_size=shard_size, dequantize=True if dequantize else None,
     )
 
 
@@ -90,7 +91,7 @@ def plan(src: str = Src, spec_file: Optional[Path] = SpecFile, drop_layers: Opti
          moe_ffn: Optional[int] = MoeFfn, shared_ffn: Optional[int] = SharedFfn, method: Optional[str] = Method,
          seed: Optional[int] = Seed, balance: Optional[int] = Balance, keep: Optional[Path] = KeepFile,
          keep_vocab: Optional[Path] = KeepVocab, pad_vocab: Optional[int] = PadVocab,
-         no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize,
+         no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize, dequantize: bool = Dequantize,
          scores: Optional[Path] = ScoresFile, calibration: Optional[List[Path]] = Calibration,
          refit: Optional[str] = Refit, depth: Optional[str] = Depth, cal_samples: Optional[int] = CalSamples,
          cal_seq_len: Optional[int] = CalSeqLen,
@@ -100,7 +101,7 @@ def plan(src: str = Src, spec_file: Optional[Path] = SpecFile, drop_layers: Opti
     """Plan the pruning: new config, sizes, shards, memory, warnings. Writes nothing."""
     spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn,
                          method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores, calibration,
-                         refit, cal_samples, cal_seq_len, depth)
+                         refit, cal_samples, cal_seq_len, depth, dequantize)
     the_plan = api.plan(src, spec, revision=revision, stream=stream, out=out)
     if as_json:
         typer.echo(json.dumps(plan_json(the_plan), indent=1))
@@ -130,7 +131,7 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
         moe_ffn: Optional[int] = MoeFfn, shared_ffn: Optional[int] = SharedFfn, method: Optional[str] = Method,
         seed: Optional[int] = Seed, balance: Optional[int] = Balance, keep: Optional[Path] = KeepFile,
         keep_vocab: Optional[Path] = KeepVocab, pad_vocab: Optional[int] = PadVocab,
-        no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize,
+        no_rescale: bool = NoRescale, shard_size: Optional[str] = ShardSize, dequantize: bool = Dequantize,
         scores: Optional[Path] = ScoresFile, calibration: Optional[List[Path]] = Calibration,
         refit: Optional[str] = Refit, depth: Optional[str] = Depth, cal_samples: Optional[int] = CalSamples,
         cal_seq_len: Optional[int] = CalSeqLen,
@@ -147,7 +148,7 @@ def run(src: str = Src, out: Path = typer.Argument(..., help="Output folder (cre
     """Prune SRC into OUT: new shards, config.json, tokenizer files and prune_surgery.json."""
     spec = _spec_options(spec_file, drop_layers, num_layers, hidden, heads, kv, ffn, experts, moe_ffn, shared_ffn,
                          method, seed, balance, keep, keep_vocab, pad_vocab, no_rescale, shard_size, scores, calibration,
-                         refit, cal_samples, cal_seq_len, depth)
+                         refit, cal_samples, cal_seq_len, depth, dequantize)
     bar, factory = _progress_factory(quiet)
     if quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -21,10 +21,11 @@ from .checkpoint import Checkpoint, TensorRef
 from .configedit import config_changes, rewrite_config
 from .errors import ArchitectureError, SpecError
 from .keepfile import Keep, kept
+from .quant import Dequant, logical_shape, plan_quantized, quant_format
 from .score import compute_scores
 from .select import check_targets, select_keep, targets_and_layers
 from .sink import OutTensor, ShardLayout, layout_shards
-from .sizes import config_get, is_tied, source_sizes, unit_size
+from .sizes import config_get, is_tied, segment_width, source_sizes
 from .spec import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, PruneSpec, dump_json
 
 BLOCK_BYTES = 16 << 20
@@ -49,11 +50,12 @@ class TensorPlan:
     rescale: float | None = None  # RMSNorm weight scale (hidden pruning)
     pad_rows: int = 0  # zero rows appended (vocab padding)
     rescale_offset: float = 0.0  # the weight acts as (w + offset): written as (w + offset) * rescale - offset
+    dequant: Dequant | None = None  # a block-quantized weight written dequantized (quant.py)
 
     @property
     def identity(self) -> bool:
         """True when the output bytes equal the input bytes."""
-        return all(i is None for i in self.index) and self.rescale is None and not self.pad_rows
+        return all(i is None for i in self.index) and self.rescale is None and not self.pad_rows and self.dequant is None
 
 
 @dataclass
@@ -106,7 +108,7 @@ def _axis_index(arch: Architecture, role: TensorRole, axis: int, binding: dict[s
     offset, pruned = 0, False
     for seg, scope in zip(role.axes[axis], scopes):
         if seg.space in arch.spaces:
-            units, width = sizes[seg.space], unit_size(arch, seg.space, sizes, seg.multiplier)
+            units, width = sizes[seg.space], segment_width(arch, seg, sizes)
             chosen = kept(keep, seg.space, scope)
             if chosen is not None and len(chosen) == units and list(chosen) == list(range(units)):
                 chosen = None  # every unit in order (all layers kept): an unchanged axis
@@ -128,15 +130,20 @@ def _axis_index(arch: Architecture, role: TensorRole, axis: int, binding: dict[s
     return cache[key]
 
 
-def _new_name(arch: Architecture, role: TensorRole, binding: dict[str, int], keep: Keep) -> str | None:
-    """The output name after renumbering, or None if a placeholder's index was dropped."""
+def _new_name(arch: Architecture, role: TensorRole, binding: dict[str, int], keep: Keep, layers: int) -> str | None:
+    """The output name after renumbering, or None if a placeholder's index was dropped.
+
+    Layers numbered from `layers` (num_hidden_layers) on are a table's `extra_layers` (MTP):
+    always kept, renumbered to follow the kept layers."""
     values: dict[str, int] = {}
     scope = ""
     for placeholder in role.placeholders:
         owner = arch.placeholders.get(placeholder, placeholder)
         chosen = keep.get("layers") if owner == "layers" else kept(keep, owner, scope)
         old = binding[placeholder]
-        if chosen is not None:
+        if owner == "layers" and arch.extra_layers and old >= layers:
+            values[placeholder] = len(chosen) + old - layers  # type: ignore[arg-type]
+        elif chosen is not None:
             if old not in chosen:  # type: ignore[operator]
                 return None
             values[placeholder] = chosen.index(old)  # type: ignore[union-attr]
@@ -206,6 +213,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     if spec.pad_vocab_to_multiple_of and "vocab" in keep:
         pad = -targets["vocab"] % spec.pad_vocab_to_multiple_of
     tied = is_tied(arch, config)
+    quant = quant_format(config, spec.dequantize)
     hidden_scale = math.sqrt(sizes["hidden"] / targets["hidden"]) if "hidden" in targets else 1.0
 
     tensors: list[TensorPlan] = []
@@ -214,6 +222,9 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     params_before = 0
     seen: set[tuple[str, tuple[tuple[str, int], ...]]] = set()
     for ref in ckpt.tensors.values():
+        if quant and quant.is_scale(ref.name, ckpt):
+            params_before += ref.numel  # planned with its weight (plan_quantized)
+            continue
         claim = arch.match(ref.name)
         if claim is None:  # a buffer the table drops (rotary inv_freq)
             dropped.append(ref.name)
@@ -221,7 +232,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         params_before += ref.numel
         role, binding = claim
         seen.add((role.role, tuple(sorted(binding.items()))))
-        name = ref.name if role.copy else _new_name(arch, role, binding, keep)
+        name = ref.name if role.copy else _new_name(arch, role, binding, keep, sizes["layers"])
         if name is None or (role.tied_to and tied):
             dropped.append(ref.name)
             continue
@@ -229,18 +240,19 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
             out = OutTensor(name, ref.dtype, tuple(ref.shape), ref.nbytes)
             tensors.append(TensorPlan(ref, out, role.role, (None,) * len(ref.shape)))
             continue
-        if len(ref.shape) != len(role.axes):
-            raise ArchitectureError(f"{ref.name} has shape {list(ref.shape)} but the {arch.family} table expects {len(role.axes)} axes")
+        in_shape = logical_shape(ref, quant)  # MXFP4 bytes: the values they hold
+        if len(in_shape) != len(role.axes):
+            raise ArchitectureError(f"{ref.name} has shape {list(in_shape)} but the {arch.family} table expects {len(role.axes)} axes")
         index, shape = [], []
         for axis in range(len(role.axes)):
             segments = role.axes[axis]
             if len(segments) == 1 and arch.dims.get(segments[0].space, {}).get("free"):
-                length, idx = ref.shape[axis], None  # a `free` dim: whatever the tensor holds, kept whole
+                length, idx = in_shape[axis], None  # a `free` dim: whatever the tensor holds, kept whole
             else:
                 length, idx = _axis_index(arch, role, axis, binding, keep, sizes, axis_cache)
-            if ref.shape[axis] != length:
+            if in_shape[axis] != length:
                 raise ArchitectureError(
-                    f"{ref.name} has {ref.shape[axis]} elements on axis {axis} but config.json implies {length}; the config does not match the weights"
+                    f"{ref.name} has {in_shape[axis]} elements on axis {axis} but config.json implies {length}; the config does not match the weights"
                 )
             index.append(idx)
             shape.append(length if idx is None else len(idx))
@@ -252,9 +264,16 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         out = OutTensor(name, ref.dtype, tuple(shape), math.prod(shape) * itemsize)
         tensors.append(TensorPlan(ref, out, role.role, tuple(index), rescale, rows_pad, offset))
     _check_required(arch, sizes, seen, tied, config)
+    quant_notes: list[str] = []
+    if quant:
+        tensors, quant_config, quant_notes = plan_quantized(arch, ckpt, quant, tensors, config)
 
     vocab_rows = targets.get("vocab", 0) + pad
     new_config = rewrite_config(arch, config, sizes, targets, keep, vocab_rows)
+    if quant:
+        new_config.pop("quantization_config")
+        if quant_config:
+            new_config["quantization_config"] = quant_config
     if "vocab" in keep:
         from .vocab import remap_token_ids
 
@@ -275,7 +294,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
 
         plan.refit_peak_bytes = check_refit_memory(plan, spec.calibration_samples or DEFAULT_SAMPLES,
                                                    spec.calibration_seq_len or DEFAULT_SEQ_LEN, spec.refit)
-    plan.warnings = _warnings(plan, pad)
+    plan.warnings = _warnings(plan, pad) + quant_notes
     plan.plan_hash = plan_hash(plan)
     return plan
 
@@ -372,7 +391,7 @@ def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:
 
     block = max(min(t.out.nbytes, block_bytes) for t in tensors)
     index = max(sum(i.nbytes for i in t.index if i is not None) for t in tensors)
-    rescaled = max((float_copies(t) for t in tensors if t.rescale), default=0)
+    rescaled = max((float_copies(t) for t in tensors if t.rescale or t.dequant), default=0)
     two_axes = any(sum(i is not None for i in t.index) > 1 for t in tensors)
     return (default_workers() * (3 if two_axes else 1) + 5) * block + index + rescaled
 
@@ -387,6 +406,10 @@ def _warnings(plan: Plan, pad: int) -> list[str]:
             notes.append(f"hidden pruning is approximate for {plan.arch.family}: {plan.arch.approximate}")
         elif not plan.spec.norm_rescale:
             notes.append("--no-norm-rescale: RMSNorm now averages over fewer channels, so outputs differ from the masked original")
+    for caveat in plan.arch.caveats:  # a table's `caveats`: cuts that are not what the user may think
+        if plan.targets[caveat["when"]] != plan.sizes[caveat["when"]] and \
+                ("config" not in caveat or config_get(plan.config, caveat["config"], caveat.get("default")) == caveat.get("is")):
+            notes.append(caveat["note"])
     if pad:
         notes.append(f"vocabulary padded with {pad} zero rows: ids {plan.targets['vocab']}..{plan.targets['vocab'] + pad - 1} must never be sampled")
     if plan.spec.method == "magnitude" and plan.spec.keep is None:

@@ -13,7 +13,8 @@ import numpy as np
 from .arch import Architecture
 from .checkpoint import Checkpoint
 from .dtypes import raw_dtype, to_float32
-from .sizes import unit_size
+from .quant import quant_format
+from .sizes import segment_width
 
 
 def compute_scores(
@@ -25,7 +26,10 @@ def compute_scores(
     kept_layers = set(layers)
     blobs = {}
     try:
+        quant = quant_format(ckpt.config, False)
         for ref in ckpt.tensors.values():
+            if quant and quant.is_scale(ref.name, ckpt):
+                continue  # FP8 block scales: scores use the stored codes (blocks share a scale)
             claim = arch.match(ref.name)
             if claim is None:
                 continue
@@ -40,7 +44,7 @@ def compute_scores(
             for a, axis in wanted:
                 offset = 0
                 for seg in axis:
-                    size = sizes[seg.space] * unit_size(arch, seg.space, sizes, seg.multiplier) if seg.space in arch.spaces else sizes.get(seg.space, 0)
+                    size = sizes[seg.space] * segment_width(arch, seg, sizes) if seg.space in arch.spaces else sizes.get(seg.space, 0)
                     if seg.space in spaces:
                         space = arch.spaces[seg.space]
                         key = ".".join(str(binding[p]) for p in space.per)

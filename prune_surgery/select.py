@@ -25,7 +25,10 @@ Scores = Callable[[str, str], np.ndarray]
 
 def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) -> dict[str, int]:
     """Target size of every space, from the spec's config-keyed sizes (unlisted: unchanged)."""
-    by_key = {key: name for name, space in arch.spaces.items() for key in space.keys}
+    by_key: dict[str, list[str]] = {}  # spaces sized by one key (e.g. routed and shared expert widths)
+    for name, space in arch.spaces.items():
+        for key in space.keys:
+            by_key.setdefault(key, []).append(name)
     # a nested key (`text_config.hidden_size` of a VLM) is also given by its last part (`--hidden-size`)
     by_key.update({k.rsplit(".", 1)[1]: n for k, n in list(by_key.items()) if "." in k and k.rsplit(".", 1)[1] not in by_key})
     targets = {name: sizes[name] for name in arch.spaces}
@@ -35,10 +38,10 @@ def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) 
         if key not in by_key:
             options = ", ".join(sorted(by_key))
             raise SpecError(f"{key} is not a prunable size of {arch.family}; use one of: {options}")
-        space = by_key[key]
-        if value > sizes[space]:
-            raise SpecError(f"target {key}={value} is larger than the source's {sizes[space]}; pruning only shrinks")
-        targets[space] = value
+        for space in by_key[key]:
+            if value > sizes[space]:
+                raise SpecError(f"target {key}={value} is larger than the source's {sizes[space]}; pruning only shrinks")
+            targets[space] = value
     if "layers" in arch.spaces and spec.drop_layers is not None:
         n = sizes["layers"]
         bad = [i for i in spec.drop_layers if i >= n]
@@ -83,10 +86,20 @@ def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, 
                     f"{n_in} query heads over {n_out} kv groups needs {n_in // n_out} heads per group but the source "
                     f"has {sizes[name] // sizes[outer]}; also lower {space.keys[0]} or keep more kv heads"
                 )
+        if space.groups and targets[name] != sizes[name] and (targets[name] % sizes[space.groups] or sizes[name] % sizes[space.groups]):
+            group_key = arch.dims[space.groups].get("key", space.groups)
+            raise SpecError(f"{space.keys[0]}={targets[name]} must be a multiple of {group_key}={sizes[space.groups]}: "
+                            "routing picks groups first, so every group keeps the same number")
         if spec.balance and targets[name] != sizes[name] and name not in ("layers", "vocab"):
             for n in (sizes[name], targets[name]):
                 if n % spec.balance:
                     raise SpecError(f"--balance {spec.balance} needs {space.keys[0]} sizes divisible by it ({sizes[name]} -> {targets[name]})")
+    sized_by: dict[str, str] = {}  # spaces sized by one config key (moe_ffn, shared_ffn) must agree
+    for name, space in arch.spaces.items():
+        other = sized_by.setdefault(space.keys[0], name)
+        if targets[other] != targets[name]:
+            raise SpecError(f"{other} and {name} are both sized by {space.keys[0]}; keep the same number in both "
+                            f"({targets[other]} != {targets[name]})")
     for rule in arch.require:
         kind = next(k for k in RULES if k in rule)
         (a, va), (b, vb) = (_operand(arch, sizes, targets, x) for x in rule[kind])
@@ -167,11 +180,22 @@ def scope_keys(arch: Architecture, space: str, keep: Keep, sizes: dict[str, int]
         owner = arch.placeholders[placeholder]
         nxt = []
         for key in keys:
-            values = kept(keep, owner, key) if owner != "layers" else keep.get("layers")
+            values = kept(keep, owner, key) if owner != "layers" else layer_scopes(arch, keep, sizes)
             values = values if values is not None else range(sizes[owner])
             nxt.extend(f"{key}.{v}" if key else str(v) for v in values)
         keys = nxt
     return keys
+
+
+def layer_scopes(arch: Architecture, keep: Keep, sizes: dict[str, int]) -> list[int] | None:
+    """Original layers that carry per-layer selections: the kept layers, then any extra layers
+    the table names (`extra_layers`: MTP layers stored after num_hidden_layers, always kept)."""
+    layers = keep.get("layers")
+    extra = sizes.get(arch.extra_layers, 0) if arch.extra_layers else 0
+    if not extra:
+        return layers  # type: ignore[return-value]
+    base = list(layers) if layers is not None else list(range(sizes["layers"]))  # type: ignore[arg-type]
+    return base + list(range(sizes["layers"], sizes["layers"] + extra))
 
 
 def select_layers(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec,
@@ -247,7 +271,8 @@ def select_keep(
             if space.within:
                 chosen[key] = _choose_within(arch, name, key, keep, sizes, targets, spec, score, rng)
             else:
-                chosen[key] = choose(sizes[name], targets[name], spec.method, rng, score, spec.balance or 1)
+                parts = sizes[space.groups] if space.groups else spec.balance or 1
+                chosen[key] = choose(sizes[name], targets[name], spec.method, rng, score, parts)
         keep[name] = chosen[""] if keys == [""] else chosen
     return keep
 
@@ -293,6 +318,11 @@ def _validated(arch: Architecture, name: str, value: object, keys: list[str], si
     for scope, idx in entries.items():
         if idx and idx[-1] >= sizes[name]:
             raise SpecError(f"keep file: {name}[{scope}] has index {idx[-1]} but the source has {sizes[name]}")
+    groups = sizes[arch.spaces[name].groups] if arch.spaces[name].groups else 0  # type: ignore[index]
+    for scope, idx in entries.items() if groups else ():
+        per = sizes[name] // groups
+        if len({sum(1 for i in idx if i // per == g) for g in range(groups)}) > 1:
+            raise SpecError(f"keep file: {name}[{scope}] keeps different numbers of {name} per routing group; each of the {groups} groups must keep the same count")
     count = counts.pop()
     if count != targets[name] and targets[name] != sizes[name]:
         raise SpecError(f"keep file keeps {count} {name} but {key0}={targets[name]} was asked; give one or the other")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .arch import Architecture
+from .arch import Architecture, Segment
 from .errors import ArchitectureError
 
 _MISSING = object()
@@ -71,6 +71,8 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
             default = dim.get("default")
             if isinstance(default, list):
                 value = sizes[default[0]] // sizes[default[1]] if sizes[default[1]] else 0
+            elif isinstance(default, dict) and "sum" in default:  # e.g. MLA qk_head_dim = nope + rope
+                value = sum(sizes[part] for part in default["sum"])
             elif isinstance(default, int):
                 value = default
             elif isinstance(default, str):
@@ -94,8 +96,18 @@ def unit_size(arch: Architecture, space: str, sizes: dict[str, int], multiplier:
     """Elements per unit of a space along an axis (e.g. head_dim rows per head), times an axis
     segment's multiplier (an integer or a fixed dim's name)."""
     unit = arch.spaces[space].unit if space in arch.spaces else 1
-    times = sizes[multiplier] if isinstance(multiplier, str) else multiplier
-    return (sizes[unit] if isinstance(unit, str) else int(unit)) * times
+    return (sizes[unit] if isinstance(unit, str) else int(unit)) * _times(multiplier, sizes)
+
+
+def _times(multiplier: int | str, sizes: dict[str, int]) -> int:
+    return sizes[multiplier] if isinstance(multiplier, str) else multiplier
+
+
+def segment_width(arch: Architecture, seg: Segment, sizes: dict[str, int]) -> int:
+    """Elements per unit of one axis segment: the segment's `@unit` or its space's, times `*k`."""
+    if not seg.unit:
+        return unit_size(arch, seg.space, sizes, seg.multiplier)
+    return (int(seg.unit) if seg.unit.isdigit() else sizes[seg.unit]) * _times(seg.multiplier, sizes)
 
 
 def is_tied(arch: Architecture, config: dict[str, Any]) -> bool:

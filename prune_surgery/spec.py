@@ -38,7 +38,7 @@ ORIGINAL_KEYS = {
 }
 OPTION_KEYS = {
     "drop_layers", "method", "seed", "balance", "keep", "keep_vocab", "norm_rescale",
-    "max_shard_size", "pad_vocab_to_multiple_of", "scores", "calibration", "calibration_samples",
+    "max_shard_size", "pad_vocab_to_multiple_of", "dequantize", "scores", "calibration", "calibration_samples",
     "calibration_seq_len", "refit", "depth",
 }
 DEPTH_RULES = ("influence", "block", "ppl")
@@ -59,6 +59,7 @@ class PruneSpec:
     pad_vocab_to_multiple_of: int | None = None
     norm_rescale: bool = True
     max_shard_size: int = DEFAULT_SHARD_SIZE
+    dequantize: bool = False  # write block-quantized (FP8) weights dequantized
     scores: str | None = None  # a scores file from `prune-surgery calibrate` (--method activation)
     calibration: tuple[str, ...] | None = None  # data files to calibrate on the fly (--method activation, --refit)
     calibration_samples: int | None = None  # windows of calibration data (default: calibrate's)
@@ -71,6 +72,8 @@ class PruneSpec:
         record = asdict(self)
         record.pop("keep")
         record.pop("keep_vocab")
+        if not record["dequantize"]:
+            record.pop("dequantize")
         record["drop_layers"] = list(self.drop_layers) if self.drop_layers is not None else None
         record["calibration"] = list(self.calibration) if self.calibration else None
         return {k: v for k, v in record.items() if v is not None and v != {}}
@@ -163,6 +166,8 @@ def spec_from_dict(data: dict[str, Any]) -> PruneSpec:
         spec = replace(spec, balance=_positive("balance", options["balance"]))
     if "norm_rescale" in options:
         spec = replace(spec, norm_rescale=bool(options["norm_rescale"]))
+    if "dequantize" in options:
+        spec = replace(spec, dequantize=bool(options["dequantize"]))
     if "max_shard_size" in options:
         spec = replace(spec, max_shard_size=parse_size(options["max_shard_size"]))
     if "pad_vocab_to_multiple_of" in options:

@@ -13,7 +13,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,22 +23,36 @@ from .backend import Backend, NumpyBackend, default_workers
 from .dtypes import from_float32, raw_dtype, to_float32
 from .gather import BufferPool, gather_into, out_shape
 from .plan import BLOCK_BYTES, Plan, TensorPlan
+from .quant import dequantize_packed, dequantize_rows, load_scales
 from .sink import ShardLayout, ShardWriter, write_index
 from .storage import Blob, Storage
 
 Progress = Callable[[int], None]
 
 
-def _rescaled(block: np.ndarray, tp: TensorPlan) -> np.ndarray:
-    """(w + offset) * scale - offset in float32, rounded back to the storage dtype (one block)."""
+def _rescale_values(values: np.ndarray, tp: TensorPlan) -> np.ndarray:
+    """(w + offset) * scale - offset in float32, in place (`values` is a fresh float32 array)."""
     offset, scale = np.float32(tp.rescale_offset), np.float32(tp.rescale)
-    values = to_float32(block, tp.source.dtype)  # a fresh array: computed in place (one float32 copy)
     if offset:
         values += offset
     values *= scale
     if offset:
         values -= offset
-    return from_float32(values, tp.source.dtype).reshape(block.shape)
+    return values
+
+
+def _rescaled(block: np.ndarray, tp: TensorPlan) -> np.ndarray:
+    """A block rescaled in float32 (one float32 copy), rounded back to the storage dtype."""
+    return from_float32(_rescale_values(to_float32(block, tp.source.dtype), tp), tp.source.dtype).reshape(block.shape)
+
+
+def _dequantized(block: np.ndarray, tp: TensorPlan, lo: int, kept: np.ndarray | None, scales: np.ndarray) -> np.ndarray:
+    """Input rows lo.. of a block-quantized weight: dequantized, gathered, rescaled, encoded."""
+    values = dequantize_rows(block, tp.source.dtype, lo, scales, tp.dequant.block)  # type: ignore[union-attr]
+    values = values if kept is None else values[kept]
+    for axis, idx in enumerate(tp.index[1:], start=1):
+        values = values if idx is None else np.take(values, idx, axis=axis)
+    return from_float32(_rescale_values(values, tp) if tp.rescale is not None else values, tp.out.dtype)
 
 
 @dataclass(frozen=True)
@@ -55,13 +69,17 @@ Block = tuple["np.ndarray | memoryview | InKernelCopy", int, int, "np.ndarray | 
 
 
 def _slice(tp: TensorPlan, blob: Blob, backend: Backend, pool: BufferPool, lo: int, hi: int,
-           rows: np.ndarray | None) -> Block:
-    """Output rows of one block: input rows lo..hi, gathered, sliced, rescaled."""
+           rows: np.ndarray | None, scales: np.ndarray | None = None) -> Block:
+    """Output rows of one block: input rows lo..hi, gathered, sliced, rescaled (or dequantized)."""
     ref = tp.source
     row_bytes = ref.nbytes // ref.shape[0]
     buffer = blob.read(ref.offset + lo * row_bytes, (hi - lo) * row_bytes)
     block = np.frombuffer(buffer, dtype=raw_dtype(ref.dtype)).reshape((hi - lo, *ref.shape[1:]))
     kept = None if rows is None or len(rows) == hi - lo else rows - lo
+    if scales is not None:
+        out = _dequantized(block, tp, lo, kept, scales)
+        blob.release(ref.offset + lo * row_bytes, (hi - lo) * row_bytes)
+        return out, 0, 0, None
     index = list(tp.index[1:])
     if kept is None and all(idx is None for idx in index) and tp.rescale is None:
         return block, ref.offset + lo * row_bytes, (hi - lo) * row_bytes, None  # still the input's memory
@@ -73,8 +91,67 @@ def _slice(tp: TensorPlan, blob: Blob, backend: Backend, pool: BufferPool, lo: i
     return out, 0, 0, lease
 
 
-def _block_jobs(tp: TensorPlan, blob: Blob, backend: Backend, pool: BufferPool) -> Iterator[Callable[[], Block]]:
-    """Thunks that each produce one output block of a tensor, in order (safe to run in threads)."""
+def merge_leading(tp: TensorPlan, block_bytes: int) -> TensorPlan:
+    """The same slicing with the first two axes merged while one slice of axis 0 exceeds a block.
+
+    A fused 3-D expert tensor (experts, rows, cols) of 10+ GB is then cut in blocks of whole
+    (expert, row) lines, like a 2-D tensor, instead of one whole expert at a time: the kept
+    lines are the kept experts times the kept rows.  Row-major bytes are unchanged by the view.
+    """
+    ref, index = tp.source, tp.index
+    while len(ref.shape) > 2 and ref.nbytes // max(1, ref.shape[0]) > block_bytes:
+        a, b = ref.shape[0], ref.shape[1]
+        merged = None
+        if index[0] is not None or index[1] is not None:
+            outer = np.arange(a, dtype=np.int64) if index[0] is None else index[0].astype(np.int64)
+            inner = np.arange(b, dtype=np.int64) if index[1] is None else index[1].astype(np.int64)
+            merged = (outer[:, None] * b + inner[None, :]).ravel()
+        ref = replace(ref, shape=(a * b, *ref.shape[2:]))
+        index = (merged, *index[2:])
+        tp = replace(tp, source=ref, out=replace(tp.out, shape=(tp.out.shape[0] * tp.out.shape[1], *tp.out.shape[2:])), index=index)
+    return tp
+
+
+def _packed_jobs(tp: TensorPlan, blob: Blob, scales: np.ndarray, block_bytes: int) -> Iterator[Callable[[], Block]]:
+    """Blocks of an MXFP4 tensor (experts, rows, cols/32, 16) written dequantized and transposed to
+    (experts, cols, rows), as transformers holds it: per kept expert, runs of kept columns whose
+    float32 values (all rows) fit in a block."""
+    ref = tp.source
+    per, rows = ref.nbytes // ref.shape[0], ref.shape[1]
+    cols = np.arange(ref.shape[2] * 32) if tp.index[2] is None else np.asarray(tp.index[2])
+    step = max(32, block_bytes // (4 * rows) // 32 * 32)  # input columns per block
+
+    def job(e: int, chunk: np.ndarray, last: bool) -> Block:
+        g0, g1 = int(chunk[0]) // 32, int(chunk[-1]) // 32 + 1
+        raw = np.frombuffer(blob.read(ref.offset + e * per, per), dtype=np.uint8).reshape(ref.shape[1:])
+        values = dequantize_packed(raw[:, g0:g1], scales[e][:, g0:g1])
+        values = values if tp.index[1] is None else np.take(values, tp.index[1], axis=0)
+        values = np.ascontiguousarray(values[:, chunk - g0 * 32].T)  # a fresh array: rescaled in place
+        out = from_float32(_rescale_values(values, tp) if tp.rescale is not None else values, tp.out.dtype)[None]
+        if last:
+            blob.release(ref.offset + e * per, per)
+        return out, 0, 0, None
+
+    chunks = []
+    start = 0
+    while start < len(cols):
+        end = int(np.searchsorted(cols, int(cols[start]) // 32 * 32 + step, side="left"))
+        chunks.append(cols[start:end])
+        start = end
+    for e in range(ref.shape[0]) if tp.index[0] is None else tp.index[0]:
+        for i, chunk in enumerate(chunks):
+            yield lambda e=int(e), chunk=chunk, last=i == len(chunks) - 1: job(e, chunk, last)  # type: ignore[misc]
+
+
+def _block_jobs(tp: TensorPlan, blob: Blob, backend: Backend, pool: BufferPool,
+                scales: np.ndarray | None = None) -> Iterator[Callable[[], Block]]:
+    """Thunks that each produce one output block of a tensor, in order (safe to run in threads).
+
+    `scales`: the block scales of a weight written dequantized (its blocks are float32 inside)."""
+    if tp.dequant is not None and tp.dequant.packed:
+        yield from _packed_jobs(tp, blob, scales, pool.capacity)  # type: ignore[arg-type]
+        return
+    tp = merge_leading(tp, pool.capacity)
     ref, block_bytes = tp.source, pool.capacity
     if ref.nbytes == 0:
         return
@@ -87,16 +164,17 @@ def _block_jobs(tp: TensorPlan, blob: Blob, backend: Backend, pool: BufferPool) 
             yield lambda start=start, size=size: (blob.read(ref.offset + start, size), ref.offset + start, size, None)  # type: ignore[misc]
         return
     rows = tp.index[0]
-    step = max(1, block_bytes // max(1, ref.nbytes // ref.shape[0]))  # input rows per block
+    widen = 1 if scales is None else 4 // max(1, ref.nbytes // max(1, ref.numel))  # float32 values per code
+    step = max(1, block_bytes // max(1, widen * ref.nbytes // ref.shape[0]))  # input rows per block
     if rows is None:
         for lo in range(0, ref.shape[0], step):
-            yield lambda lo=lo: _slice(tp, blob, backend, pool, lo, min(ref.shape[0], lo + step), None)  # type: ignore[misc]
+            yield lambda lo=lo: _slice(tp, blob, backend, pool, lo, min(ref.shape[0], lo + step), None, scales)  # type: ignore[misc]
     else:
         start = 0
         while start < len(rows):  # a block spans at most `step` input rows, however sparse the kept rows
             end = int(np.searchsorted(rows, int(rows[start]) + step, side="left"))
             chunk = rows[start:end]
-            yield lambda chunk=chunk: _slice(tp, blob, backend, pool, int(chunk[0]), int(chunk[-1]) + 1, chunk)  # type: ignore[misc]
+            yield lambda chunk=chunk: _slice(tp, blob, backend, pool, int(chunk[0]), int(chunk[-1]) + 1, chunk, scales)  # type: ignore[misc]
             start = end
     if tp.pad_rows:
         yield lambda: (np.zeros((tp.pad_rows, *tp.out.shape[1:]), dtype=raw_dtype(ref.dtype)), 0, 0, None)
@@ -181,7 +259,8 @@ def _write_shard(layout: ShardLayout, items: list[TensorPlan], storage: Storage,
         for tp in items:
             pending.append(lambda name=tp.out.name: writer.begin(name))  # type: ignore[misc]
             blob = blobs.get(tp.source.file) or blobs.setdefault(tp.source.file, storage.open_blob(tp.source.file))
-            for thunk in _block_jobs(tp, blob, backend, buffers):
+            scales = load_scales(storage, tp.dequant) if tp.dequant is not None else None
+            for thunk in _block_jobs(tp, blob, backend, buffers, scales):
                 pending.append(pool.submit(write_job, thunk, blob) if pool else write_job(thunk, blob))
                 drain(in_flight)
             pending.append(lambda tp=tp, blob=blob: end(tp, blob))  # type: ignore[misc]

@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..arch import Architecture
 from ..checkpoint import Checkpoint
-from ..sizes import unit_size
+from ..sizes import segment_width
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def _segments(arch: Architecture, axis: tuple, binding: dict[str, int], sizes: d
         return ()  # a `free` dim (sized by the tensor itself) carries no prunable space here
     for seg in axis:
         if seg.space in arch.spaces:
-            units, width = sizes[seg.space], unit_size(arch, seg.space, sizes, seg.multiplier)
+            units, width = sizes[seg.space], segment_width(arch, seg, sizes)
             scope = ".".join(str(binding[p]) for p in arch.spaces[seg.space].per)
             out.append(Segment(seg.space, scope, offset, units, width))
         else:
