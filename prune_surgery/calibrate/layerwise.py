@@ -208,6 +208,8 @@ class LayerwiseModel:
         from transformers.modeling_utils import LoadStateDictConfig
 
         wanted = {f"{prefix}.{n}" if prefix else n: p for n, p in module.named_parameters() if p.is_meta}
+        # persistent buffers the checkpoint holds (a router's e_score_correction_bias) load with them
+        wanted.update({f"{prefix}.{n}" if prefix else n: b for n, b in module.named_buffers()})
         names = [t for param in wanted for t in self.params.get(param, [])]
         if names:
             config = LoadStateDictConfig(weight_mapping=self.mapping, dtype=self.dtype, device_map={"": str(self.device)})

@@ -20,7 +20,9 @@ def _windows(src, text):
     return torch.from_numpy(calibration_windows(load_tokenizer(src), [text[0]], SAMPLES, SEQ).ids)
 
 
-KNOWN = {"gemma4": "gemma4's full-attention layers (their own head_dim) give hidden sums 1-3% off the hooks: not found yet"}
+KNOWN = {
+    "gpt_oss": "gpt-oss experts are [E, in, out] and applied by matmul, which the F.linear/addmm tap does not see yet",
+}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN[n], strict=True)) if n in KNOWN else n
