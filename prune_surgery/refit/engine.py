@@ -92,6 +92,19 @@ def _solve_layer(engine: LayerwiseModel, readers: dict[Any, Reader], tap: GramTa
     return solved
 
 
+def _oneshot_layer(dense: LayerwiseModel, index: int, readers: dict[Any, Reader], hidden: torch.Tensor, micro: int,
+                   targets: dict[str, TensorPlan]) -> dict[str, tuple[TensorPlan, Refit]]:
+    """Advance `hidden` through dense layer `index` (in place), accumulating its readers' Grams; solve them."""
+    tap = GramTap(readers, {})
+    with dense.resident(index):
+        tap.params = dense.layer_params(index)
+        for start in range(0, hidden.shape[0], micro):
+            tap.begin(start, *hidden[start : start + micro].shape[:2])
+            with tap:
+                hidden[start : start + micro] = dense.forward(index, hidden[start : start + micro])
+        return _solve_layer(dense, readers, tap, targets, None) if readers else {}
+
+
 def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mode: str = "oneshot",
                  dtype: torch.dtype = torch.float32, device: str = "cpu", micro: int = 8,
                  progress: Callable[[str, int, int, int], None] | None = None) -> dict[str, Any]:
@@ -125,27 +138,13 @@ def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mo
             assert pruned is not None and h_pruned is not None
             j = kept_layers.index(index)
             h_dense.copy_(h_pruned)
-            tap = GramTap(readers, {})
-            with dense.resident(index):
-                tap.params = dense.layer_params(index)
-                for start in range(0, ids.shape[0], micro):
-                    tap.begin(start, *h_dense[start : start + micro].shape[:2])
-                    with tap:
-                        dense.forward(index, h_dense[start : start + micro])
-                solved = _solve_layer(dense, readers, tap, targets, None)
+            solved = _oneshot_layer(dense, index, readers, h_dense, micro, targets)
             with pruned.resident(j):
                 _install(pruned, pruned_readers.get(j, {}), out_to_source, solved)
                 for start in range(0, ids.shape[0], micro):
                     h_pruned[start : start + micro] = pruned.forward(j, h_pruned[start : start + micro])
         elif mode == "oneshot" or index not in kept_layers:
-            tap = GramTap(readers, {})
-            with dense.resident(index):
-                tap.params = dense.layer_params(index)
-                for start in range(0, ids.shape[0], micro):
-                    tap.begin(start, *h_dense[start : start + micro].shape[:2])
-                    with tap:
-                        h_dense[start : start + micro] = dense.forward(index, h_dense[start : start + micro])
-                solved = _solve_layer(dense, readers, tap, targets, None) if index in kept_layers else {}
+            solved = _oneshot_layer(dense, index, readers, h_dense, micro, targets)
         else:
             assert pruned is not None and h_pruned is not None
             j = kept_layers.index(index)
