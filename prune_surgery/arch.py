@@ -43,8 +43,8 @@ class TensorRole:
     optional: bool = False
     tied_to: str | None = None
     pattern: re.Pattern[str] = field(compare=False, default=re.compile(""))
-    norm_final: bool = False  # `norm: final` or `feeds_head: true`: feeds the lm_head (see plan._rescale)
-    residual: str = ""  # "write": adds into the residual stream; "read": reads it raw (see plan._rescale)
+    norm_final: bool = False  # `norm: final` or `feeds_head: true`: feeds the lm_head (see hiddenrule.hidden_factor)
+    residual: str = ""  # "write": adds into the residual stream; "read": reads it raw (see hiddenrule.hidden_factor)
     embed_scale: bool = False  # the model multiplies it by sqrt(hidden_size) at run time (Gemma)
     copy: bool = False  # `copy: true`: every tensor under the name prefix, copied as is (a vision tower)
     only: tuple[str, str] | None = None  # `only: {list: layer_types, is: x}`: exactly on the layers of type x

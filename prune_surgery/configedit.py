@@ -30,7 +30,7 @@ def rewrite_config(
     layers: list[int] = list(keep.get("layers", range(sizes["layers"])))  # type: ignore[arg-type]
     if layers != list(range(sizes["layers"])):
         _remap_layer_keys(arch, config, new, layers, sizes["layers"])
-    return new  # every eps stays: hidden pruning scales the residual stream instead (plan._rescale)
+    return new  # every eps stays: hidden pruning scales the residual stream instead (hiddenrule.hidden_factor)
 
 
 def _remap_layer_keys(arch: Architecture, config: dict[str, Any], new: dict[str, Any], layers: list[int], n: int) -> None:

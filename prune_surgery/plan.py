@@ -8,7 +8,6 @@ memory and warnings.  Shapes transformers cannot describe are refused here.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,8 @@ from .checkpoint import Checkpoint, TensorRef
 from .configedit import config_changes, rewrite_config
 from .errors import ArchitectureError, SpecError
 from .keepfile import Keep, kept
+from .hiddenrule import hidden_factor
+from .presence import check_required
 from .quant import Dequant, logical_shape, plan_quantized, quant_format
 from .score import compute_scores
 from .select import check_targets, select_keep, targets_and_layers
@@ -258,12 +259,12 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
             shape.append(length if idx is None else len(idx))
         rows_pad = pad if role.axes[0][0].space == "vocab" else 0
         shape[0] += rows_pad
-        rescale = _rescale(arch, role, hidden_scale, tied) if spec.norm_rescale else None
+        rescale = hidden_factor(arch, role, hidden_scale, tied) if spec.norm_rescale else None
         offset = arch.norm_offset if rescale is not None and role.norm else 0.0
         itemsize = ref.nbytes // max(ref.numel, 1) if ref.numel else 0
         out = OutTensor(name, ref.dtype, tuple(shape), math.prod(shape) * itemsize)
         tensors.append(TensorPlan(ref, out, role.role, tuple(index), rescale, rows_pad, offset))
-    _check_required(arch, sizes, seen, tied, config)
+    check_required(arch, sizes, seen, tied, config)
     quant_notes: list[str] = []
     if quant:
         tensors, quant_config, quant_notes = plan_quantized(arch, ckpt, quant, tensors, config)
@@ -310,72 +311,6 @@ def _activation_scores(spec: PruneSpec, config: dict[str, Any]) -> Any:
     from .calibrate.scorefile import load_scores
 
     return load_scores(Path(spec.scores))
-
-
-def _rescale(arch: Architecture, role: TensorRole, hidden_scale: float, tied: bool) -> float | None:
-    """The factor that keeps hidden pruning exact for this tensor, or None.
-
-    Every eps stays as it is; instead the residual stream is scaled by c = sqrt(d'/d)
-    (`hidden_scale` is 1/c): an RMSNorm over the d' kept channels of c*x then equals
-    c * RMSNorm(x) over d with x's pruned channels zero.  So what adds into the stream
-    (`residual: write`: embeddings, o_proj, down_proj, their biases) is multiplied by c,
-    what reads it raw (`residual: read`, OLMo's projections) by 1/c, and a norm that
-    reads it (`norm: true`, `norm: final`) has its weight (or 1 + w) multiplied by 1/c; a
-    norm whose output adds into the stream (`norm: post`) reads c * y and writes c * norm(y)
-    unchanged.  `embed_scale` (the model multiplies by sqrt(hidden_size), which becomes
-    sqrt(d')) adds 1/c.  A tied lm_head is the embedding: it carries the embedding's factor,
-    which what feeds the lm_head (`norm: final`, `feeds_head`: a LayerNorm bias) divides out.
-    """
-    if hidden_scale == 1.0:
-        return None
-    factor = _stream_factor(role, hidden_scale)
-    if role.norm_final and tied:
-        head = next((r for r in arch.roles.values() if r.tied_to), None)
-        if head is not None and head.tied_to in arch.roles:
-            factor /= _stream_factor(arch.roles[head.tied_to], hidden_scale)
-    return None if factor == 1.0 else factor
-
-
-def _stream_factor(role: TensorRole, inverse_c: float) -> float:
-    """The residual-stream rule's factor for one tensor (see _rescale), before tying."""
-    factor = inverse_c if role.norm else 1.0
-    factor *= {"write": 1 / inverse_c, "read": inverse_c}.get(role.residual, 1.0)
-    return factor * inverse_c if role.embed_scale else factor
-
-
-def _check_required(arch: Architecture, sizes: dict[str, int], seen: set[Any], tied: bool, config: dict[str, Any]) -> None:
-    for role in arch.roles.values():
-        if role.only:
-            _check_layer_typed(arch, role, seen, config)
-        if role.optional or role.copy or role.only or (role.tied_to and tied):
-            continue
-        ranges = [range(sizes[arch.placeholders[p]]) for p in role.placeholders]
-        present = sum(1 for s in seen if s[0] == role.role)
-        expected = math.prod(len(r) for r in ranges)
-        if present == expected:
-            continue
-        if present == 0:
-            names = role.template.format(**{p: 0 for p in role.placeholders})
-            raise ArchitectureError(f"required tensor {names!r} is missing from the checkpoint ({arch.family} table role {role.role})")
-        for combo in itertools.product(*ranges):
-            binding = tuple(sorted(zip(role.placeholders, combo)))
-            if (role.role, binding) not in seen:
-                name = role.template.format(**dict(binding))
-                raise ArchitectureError(f"required tensor {name!r} is missing from the checkpoint")
-
-
-def _check_layer_typed(arch: Architecture, role: TensorRole, seen: set[Any], config: dict[str, Any]) -> None:
-    """A role marked `only: {list: layer_types, is: x}` must be on exactly the layers of type x."""
-    key, kind = role.only  # type: ignore[misc]
-    types = config_get(config, key, None)
-    if not isinstance(types, list):
-        raise ArchitectureError(f"config.json has no {key!r} list, which says which layers hold {role.template!r}")
-    present = {dict(s[1]).get("layer") for s in seen if s[0] == role.role}
-    for layer, layer_type in enumerate(types):
-        name = role.template.format(layer=layer)
-        if (layer_type == kind) != (layer in present):
-            state = "is missing from" if layer_type == kind else f"is in (but {key}[{layer}] is {layer_type!r}, not {kind!r})"
-            raise ArchitectureError(f"tensor {name!r} {state} the checkpoint; config.json and the weights disagree")
 
 
 def _peak(tensors: list[TensorPlan], block_bytes: int) -> int:

@@ -114,7 +114,7 @@ class _RankSlicer:
         return from_raw(self._scaled(picked, role, dtype), dtype)
 
     def _scaled(self, raw: np.ndarray, role: str, dtype: str) -> np.ndarray:
-        """The engine's residual-stream rule (plan._rescale), `self.scale` = sqrt(d/d') = 1/c:
+        """The engine's residual-stream rule (hiddenrule.hidden_factor), `self.scale` = sqrt(d/d') = 1/c:
         what writes the stream (embedding, proj, fc2) times c, the norms reading it times 1/c,
         the final norm once more when the output layer is the (scaled) embedding."""
         if self.scale is None or role in ("qkv", "fc1") or (role == "output" and not self.ckpt.tied):
@@ -140,7 +140,7 @@ def prune_megatron(src: Path, out: Path, keep: dict[str, Any], *, norm_rescale: 
     Refuses (SpecError) spaces it cannot prune in Megatron form (vocab, experts), per-layer
     sizes that differ between layers, and selections that keep a different number of kv
     groups or ffn neurons on different TP ranks.  Hidden pruning keeps the norm epsilon and
-    scales the residual stream by sqrt(d'/d) (the engine's rule, plan._rescale) unless
+    scales the residual stream by sqrt(d'/d) (the engine's rule, hiddenrule.hidden_factor) unless
     `norm_rescale` is false.  A torch_dist checkpoint is pruned as one whole-model rank and
     written as torch_dist; `train_tp` is the TP size its ``train_args.sh`` names (the pruned
     sizes must divide by it; ignored for rank files).
