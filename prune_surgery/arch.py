@@ -48,6 +48,7 @@ class TensorRole:
     embed_scale: bool = False  # the model multiplies it by sqrt(hidden_size) at run time (Gemma)
     copy: bool = False  # `copy: true`: every tensor under the name prefix, copied as is (a vision tower)
     only: tuple[str, str] | None = None  # `only: {list: layer_types, is: x}`: exactly on the layers of type x
+    extra: bool = False  # a copy under `extra_layers.to`: `{layer}` counts the extra (MTP) layers from 0
 
     @property
     def placeholders(self) -> tuple[str, ...]:
@@ -101,6 +102,7 @@ class Architecture:
     alias_roles: tuple[TensorRole, ...] = ()  # the same roles under another stored layout (`aliases`)
     caveats: tuple[dict[str, Any], ...] = ()
     extra_layers: str | None = None  # a dim: layers numbered after num_hidden_layers (MTP), kept and renumbered
+    extra_stored: bool = False  # `extra_layers: {count, from, to}`: stored in a list of their own, never renumbered
 
     @property
     def norm_offset(self) -> float:
@@ -115,13 +117,49 @@ class Architecture:
         for role in (*self.roles.values(), *self.alias_roles):
             found = role.pattern.fullmatch(name)
             if found:
-                return role, {k: int(v) for k, v in found.groupdict().items()}
+                binding = {k: int(v) for k, v in found.groupdict().items()}
+                if role.extra:  # not a decoder layer of the main stack: see `claim`
+                    binding["extra_layer"] = binding.pop("layer")
+                return role, binding
         if any(p.fullmatch(name) for p in self.drop):
             return None
         raise ArchitectureError(
             f"tensor {name!r} is not described by the {self.family} table; add it to "
             f"prune_surgery/tables/ (or report it) so that no weight is silently lost"
         )
+
+
+    def claim(self, name: str, sizes: dict[str, int]) -> tuple[TensorRole, dict[str, int]] | None:
+        """`match`, with an extra layer stored in a list of its own (`mtp.layers.{i}`) bound to the
+        layer scope num_hidden_layers + i, where its selections are recorded (as for MTP layers
+        stored after the decoder layers); refused when the config counts fewer extra layers."""
+        found = self.match(name)
+        if found is None or not found[0].extra:
+            return found
+        role, binding = found
+        index = binding.pop("extra_layer")
+        count = sizes.get(self.extra_layers or "", 0)
+        if index >= count:
+            key = self.dims.get(self.extra_layers or "", {}).get("key", self.extra_layers)
+            raise ArchitectureError(f"tensor {name!r} is extra layer {index} but config.json gives {key} = {count}; "
+                                    "the config does not match the weights")
+        return role, {**binding, "layer": sizes["layers"] + index}
+
+
+def _extra_copies(roles: dict[str, TensorRole], extra: dict[str, Any], family: str) -> dict[str, TensorRole]:
+    """Copies of the decoder-layer roles under another prefix (`extra_layers: {count, from, to}`):
+    optional, on no `layer_types` entry, marked `extra` (see Architecture.claim)."""
+    if set(extra) != {"count", "from", "to"} or not all("{layer}" in str(extra[k]) for k in ("from", "to")):
+        raise ArchitectureError(f"table {family}: extra_layers needs a dim, or exactly `count`, `from` and `to` "
+                                f"prefixes holding {{layer}}: {extra}")
+    old, new = str(extra["from"]), str(extra["to"])
+    copies = {}
+    for name, role in roles.items():
+        if role.template.startswith(old):
+            template = new + role.template[len(old):]
+            copies[f"{name}@extra"] = replace(role, role=f"{name}@extra", template=template, pattern=_compile(template),
+                                              optional=True, only=None, extra=True)
+    return copies
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -236,7 +274,11 @@ def load_architecture(family: str) -> Architecture:
     for caveat in t.get("caveats", []):
         if caveat.get("when") not in spaces or "note" not in caveat:
             raise ArchitectureError(f"table {family}: a caveat needs `when` (a space) and `note` (`config`, `is` optional): {caveat}")
-    for name in [s.groups for s in spaces.values() if s.groups] + list(_list(t.get("extra_layers"))):
+    extra = t.get("extra_layers")
+    if isinstance(extra, dict):
+        roles.update(_extra_copies(roles, extra, family))
+        extra = extra.get("count")
+    for name in [s.groups for s in spaces.values() if s.groups] + list(_list(extra)):
         if name not in dims:
             raise ArchitectureError(f"table {family}: {name!r} (groups / extra_layers) must be a dim")
     layer_config = t.get("layer_config", {})
@@ -264,7 +306,8 @@ def load_architecture(family: str) -> Architecture:
         approximate=str(t.get("approximate", "")),
         alias_roles=alias_roles,
         caveats=tuple(t.get("caveats", [])),
-        extra_layers=t.get("extra_layers"),
+        extra_layers=extra,
+        extra_stored=isinstance(t.get("extra_layers"), dict),
     )
 
 

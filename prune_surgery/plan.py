@@ -135,7 +135,8 @@ def _new_name(arch: Architecture, role: TensorRole, binding: dict[str, int], kee
     """The output name after renumbering, or None if a placeholder's index was dropped.
 
     Layers numbered from `layers` (num_hidden_layers) on are a table's `extra_layers` (MTP):
-    always kept, renumbered to follow the kept layers."""
+    always kept, renumbered to follow the kept layers, or, stored in a list of their own
+    (`mtp.layers.{i}`, `extra_stored`), keeping their own numbers."""
     values: dict[str, int] = {}
     scope = ""
     for placeholder in role.placeholders:
@@ -143,7 +144,7 @@ def _new_name(arch: Architecture, role: TensorRole, binding: dict[str, int], kee
         chosen = keep.get("layers") if owner == "layers" else kept(keep, owner, scope)
         old = binding[placeholder]
         if owner == "layers" and arch.extra_layers and old >= layers:
-            values[placeholder] = len(chosen) + old - layers  # type: ignore[arg-type]
+            values[placeholder] = old - layers + (0 if role.extra else len(chosen))  # type: ignore[arg-type]
         elif chosen is not None:
             if old not in chosen:  # type: ignore[operator]
                 return None
@@ -226,7 +227,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         if quant and quant.is_scale(ref.name, ckpt):
             params_before += ref.numel  # planned with its weight (plan_quantized)
             continue
-        claim = arch.match(ref.name)
+        claim = arch.claim(ref.name, sizes)
         if claim is None:  # a buffer the table drops (rotary inv_freq)
             dropped.append(ref.name)
             continue

@@ -11,7 +11,7 @@ config (`text_config.hidden_size`).  Two table entries say so, applied to the re
   reads from the top-level config of a composite model;
 - `rename: [{from: "model.", to: "language_model.model."}]`: every tensor name template and
   `drop` template inherited from `extends` (not the table's own) starting with `from` starts
-  with `to` instead (the first rule that applies).
+  with `to` instead (the first rule that applies); so does the `from` of `extra_layers`.
 """
 
 from __future__ import annotations
@@ -62,4 +62,6 @@ def renamed_templates(inherited: dict[str, Any], renames: list[dict[str, str]], 
 
     t["tensors"] = {r: {**e, "name": renamed(e["name"])} for r, e in t.get("tensors", {}).items()}
     t["drop"] = [renamed(d) for d in t.get("drop", [])]
+    if isinstance(t.get("extra_layers"), dict):  # the decoder-layer prefix its copies are taken from
+        t["extra_layers"] = {**t["extra_layers"], "from": renamed(str(t["extra_layers"].get("from", "")))}
     return t

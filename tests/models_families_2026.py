@@ -192,7 +192,7 @@ def vlm_logits(model: torch.nn.Module, images: bool) -> torch.Tensor:
         if model.config.model_type == "mistral3":
             ids[:, 1] = IMAGE_TOKEN
             kwargs["image_sizes"] = torch.tensor([[28, 28], [28, 28]])
-        elif model.config.model_type == "qwen3_5":  # 2 x 2 patches of 2 frames, merged into one token
+        elif model.config.model_type in ("qwen3_5", "qwen3_5_moe"):  # 2 x 2 patches of 2 frames, merged into one token
             ids[:, 1], ids[:, 2], ids[:, 3] = 297, IMAGE_TOKEN, 296
             kwargs["pixel_values"] = torch.randn(8, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(2))
             kwargs["image_grid_thw"] = torch.tensor([[1, 2, 2], [1, 2, 2]])
