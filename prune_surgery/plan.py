@@ -346,6 +346,11 @@ def _warnings(plan: Plan, pad: int) -> list[str]:
         if plan.targets[caveat["when"]] != plan.sizes[caveat["when"]] and \
                 ("config" not in caveat or config_get(plan.config, caveat["config"], caveat.get("default")) == caveat.get("is")):
             notes.append(caveat["note"])
+    extra = plan.sizes.get(plan.arch.extra_layers or "", 0)
+    per_layer = [s for s, sp in plan.arch.spaces.items() if "layer" in sp.per and plan.targets[s] != plan.sizes[s]]
+    if extra and per_layer and plan.spec.method == "activation" and plan.spec.keep is None:
+        notes.append(f"the {extra} MTP layer(s) after layer {plan.sizes['layers'] - 1} get no activation statistics (transformers does "
+                     f"not run them): they keep the first units (per group) of {', '.join(per_layer)}; give them a keep file to choose")
     if pad:
         notes.append(f"vocabulary padded with {pad} zero rows: ids {plan.targets['vocab']}..{plan.targets['vocab'] + pad - 1} must never be sampled")
     if plan.spec.method == "magnitude" and plan.spec.keep is None:

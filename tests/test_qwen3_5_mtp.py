@@ -20,10 +20,10 @@ import torch
 
 import prune_surgery as ps
 from models import keep_of, load, logits, sample_ids
-from models_families_2026 import build as build_dense, load_vlm, masked_qwen3_5, vlm_logits
+from models_families_2026 import build as build_dense, build_vlm, load_vlm, masked_qwen3_5, masked_vlm, vlm_logits
 from models_moe2026 import build as build_moe, fuse_experts, masked_reference, mtp_tensors
 from models_qwen3_5_mtp import LAYER_TYPES, add_mtp, build_moe_vlm, masked_moe_vlm, mtp_as_layer, swapped_keep
-from prune_surgery.errors import ArchitectureError
+from prune_surgery.errors import ArchitectureError, SpecError
 
 VLM_CUTS = {
     "width_depth_experts": {"hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "num_experts": 3,
@@ -148,3 +148,31 @@ def test_mtp_tensors_beyond_the_configured_count_are_refused(ckpts, tmp_path):
     (src / "config.json").write_text(json.dumps({**cfg, "mtp_num_hidden_layers": 0}))
     with pytest.raises(ArchitectureError, match="extra layer 0 but config.json gives mtp_num_hidden_layers = 0"):
         ps.plan(src, ps.PruneSpec())
+
+
+def test_dense_vlm_mtp_follows_the_text_table(tmp_path):
+    """Qwen3.5 dense VLMs (Qwen3.5-27B ...) hold the same mtp.*: the VLM table inherits it with the
+    language model's names under model.language_model."""
+    src = add_mtp(build_vlm(tmp_path / "src", "qwen3_5"))  # layers [linear, full, linear] + MTP
+    assert ps.run(src, tmp_path / "same", ps.PruneSpec()).arch.family == "qwen3_5_vlm"
+    assert _same_tensors(src, tmp_path / "same")
+    sizes = dict(MTP_CUT, intermediate_size=64)
+    ps.run(src, tmp_path / "out", ps.PruneSpec(sizes=sizes, drop_layers=(2,)))
+    keep = keep_of(tmp_path / "out")
+    assert set(keep["ffn"]) == {"0", "1", "3"}  # scope 3: the MTP layer after 3 decoder layers
+    _check_mtp_slices(src, tmp_path / "out", keep)
+    keep = swapped_keep(keep, 1, "3")
+    got = vlm_logits(load_vlm(mtp_as_layer(tmp_path / "out", tmp_path / "out_as_layer", 1)), True)
+    expected = vlm_logits(masked_vlm(mtp_as_layer(src, tmp_path / "src_as_layer", 1), keep), True)
+    assert (got - expected).abs().max() < 5e-5
+
+
+def test_keep_file_with_the_mtp_scope_reproduces_the_bytes(ckpts, tmp_path):
+    src = ckpts["moe_fused"]
+    ps.run(src, tmp_path / "a", ps.PruneSpec(sizes=MOE_MTP_CUT, drop_layers=(1,), seed=3))
+    keep = keep_of(tmp_path / "a")
+    ps.run(src, tmp_path / "b", ps.PruneSpec(keep=keep))
+    assert _same_tensors(tmp_path / "a", tmp_path / "b")
+    del keep["heads"]["4"]
+    with pytest.raises(SpecError, match="exactly these scopes"):
+        ps.plan(src, ps.PruneSpec(keep=keep))

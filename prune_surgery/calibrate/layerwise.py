@@ -160,7 +160,7 @@ class LayerwiseModel:
         return self._to_param(name)
 
     def _layer_list(self) -> torch.nn.ModuleList:
-        prefixes = {r.template.split("{layer}")[0].rstrip(".") for r in self.arch.roles.values() if "{layer}" in r.template}
+        prefixes = {r.template.split("{layer}")[0].rstrip(".") for r in self.arch.roles.values() if "{layer}" in r.template and not r.extra}
         for prefix in sorted(prefixes):
             for candidate in (prefix, prefix.split(".", 1)[-1]):
                 with contextlib.suppress(AttributeError):
