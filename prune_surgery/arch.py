@@ -67,6 +67,7 @@ class Space:
     default: str | None = None
     mirrors: tuple[str, ...] = ()  # other config keys holding the same size, written with it (a VLM's projector width)
     groups: str | None = None  # a dim: units are chosen in that many equal contiguous groups, the same count in each
+    follows: str | None = None  # a space: with none of its keys in the config, it has that space's size and target
 
 
 #: norm kinds a table may name, and the offset their stored weight carries
@@ -101,27 +102,46 @@ class Architecture:
     alias_roles: tuple[TensorRole, ...] = ()  # the same roles under another stored layout (`aliases`)
     caveats: tuple[dict[str, Any], ...] = ()
     extra_layers: str | None = None  # a dim: layers numbered after num_hidden_layers (MTP), kept and renumbered
+    when: tuple[tuple[str, Any], ...] = ()  # `when: {key: value}`: claims its model_types only for such configs
 
     @property
     def norm_offset(self) -> float:
         """Stored norm weight w acts as (w + offset): 1 for `rms_one_plus` (Gemma), else 0."""
         return NORM_OFFSETS.get(self.norm, 0.0)
 
-    def match(self, name: str) -> tuple[TensorRole, dict[str, int]] | None:
+    def match(self, name: str, config: dict[str, Any] | None = None) -> tuple[TensorRole, dict[str, int]] | None:
         """The role claiming `name` and its placeholder values, or None for a dropped buffer.
 
+        With `config`, a role marked `only: {list, is}` claims a layer's tensor only when the
+        layer's entry in that list is `is`, so two roles may share a name template, one per layer
+        type (Gemma 4's sliding and full attention); when none fits, the first match is returned
+        (and the presence check reports the disagreement).
         Raises ArchitectureError naming the tensor when no entry claims it.
         """
+        first = None
         for role in (*self.roles.values(), *self.alias_roles):
             found = role.pattern.fullmatch(name)
             if found:
-                return role, {k: int(v) for k, v in found.groupdict().items()}
+                claim = role, {k: int(v) for k, v in found.groupdict().items()}
+                if config is None or role.only is None or _layer_type_is(config, role.only, claim[1].get("layer")):
+                    return claim
+                first = first or claim
+        if first is not None:
+            return first
         if any(p.fullmatch(name) for p in self.drop):
             return None
         raise ArchitectureError(
             f"tensor {name!r} is not described by the {self.family} table; add it to "
             f"prune_surgery/tables/ (or report it) so that no weight is silently lost"
         )
+
+
+def _layer_type_is(config: dict[str, Any], only: tuple[str, str], layer: int | None) -> bool:
+    """Whether entry `layer` of the config list `only[0]` is `only[1]`."""
+    from .sizes import config_get  # sizes reads Architecture: imported here, not at the top
+
+    types = config_get(config, only[0], None)
+    return isinstance(types, list) and layer is not None and layer < len(types) and types[layer] == only[1]
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +218,7 @@ def load_architecture(family: str) -> Architecture:
     t = apply_layout(_resolve(family), family)
     spaces = {
         n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"),
-                 _list(s.get("mirrors")), s.get("groups"))
+                 _list(s.get("mirrors")), s.get("groups"), s.get("follows"))
         for n, s in t.get("spaces", {}).items()
     }
     dims = dict(t.get("dims", {}))
@@ -265,6 +285,7 @@ def load_architecture(family: str) -> Architecture:
         alias_roles=alias_roles,
         caveats=tuple(t.get("caveats", [])),
         extra_layers=t.get("extra_layers"),
+        when=tuple(dict(t.get("when") or {}).items()),
     )
 
 
@@ -298,9 +319,11 @@ def families() -> list[str]:
 def architecture_for(config: dict[str, Any]) -> Architecture:
     """The architecture whose `model_types` include the config's `model_type`."""
     model_type = config.get("model_type")
-    for family in families():
-        arch = load_architecture(family)
-        if model_type in arch.model_types:
+    from .sizes import config_get
+
+    candidates = [a for a in map(load_architecture, families()) if model_type in a.model_types]
+    for arch in sorted(candidates, key=lambda a: not a.when):  # a table whose `when` holds, else the plain one
+        if all(config_get(config, key, None) == value for key, value in arch.when):
             return arch
     supported = ", ".join(t for f in families() for t in load_architecture(f).model_types)
     raise ArchitectureError(

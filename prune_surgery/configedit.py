@@ -19,6 +19,8 @@ def rewrite_config(
     for name, space in arch.spaces.items():
         size = vocab_rows if name == "vocab" else targets[name]
         key = space_key(arch, name, config)
+        if space.follows and config_get(config, key, None) is None:
+            continue  # the config sizes it by the space it follows
         if size != sizes[name] or config_get(config, key, None) is None:
             config_set(new, key, size)
         for mirror in space.mirrors:  # keys that must hold the same size (only those present)
@@ -51,8 +53,8 @@ def _remap_layer_keys(arch: Architecture, config: dict[str, Any], new: dict[str,
         value = config_get(config, key, None)
         if isinstance(value, list):
             config_set(new, key, [position[i] for i in value if i in position])
-    for key in arch.layer_dicts:  # {"<layer>": {...}}: kept layers' entries, renumbered
-        value = config_get(config, key, None)
+    for key in arch.layer_dicts:  # {"<layer>": {...}}: kept layers' entries (sizes already rewritten), renumbered
+        value = config_get(new, key, None)
         if isinstance(value, dict):
             config_set(new, key, {str(position[int(k)]): v for k, v in value.items() if int(k) in position})
     for rule in arch.layer_shared_tails:

@@ -192,7 +192,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
                             "layers; the file is damaged or from another model, recalibrate")
         if influence is not None:
             influence = np.nan_to_num(influence.astype(np.float64), nan=np.inf)
-    targets, layers = targets_and_layers(arch, sizes, spec, influence)
+    targets, layers = targets_and_layers(arch, sizes, spec, influence, config)
     scores = None
     if activation is not None:
         from .calibrate.scorefile import check_scores, needed_spaces, ranking
@@ -207,7 +207,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         scores = lambda space, key: table.get((space, key), np.zeros(sizes[space]))  # noqa: E731
     keep = select_keep(arch, sizes, targets, spec, layers, scores)
     _check_nesting(arch, keep, sizes)
-    check_targets(arch, sizes, targets, spec)
+    check_targets(arch, sizes, targets, spec, config)
     if "vocab" in keep and keep["vocab"] and keep["vocab"][-1] >= sizes["vocab"]:  # type: ignore[index]
         raise SpecError(f"keep-vocab names token id {keep['vocab'][-1]} but the vocabulary has {sizes['vocab']}")  # type: ignore[index]
     pad = 0
@@ -226,7 +226,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         if quant and quant.is_scale(ref.name, ckpt):
             params_before += ref.numel  # planned with its weight (plan_quantized)
             continue
-        claim = arch.match(ref.name)
+        claim = arch.match(ref.name, config)
         if claim is None:  # a buffer the table drops (rotary inv_freq)
             dropped.append(ref.name)
             continue

@@ -30,7 +30,7 @@ def compute_scores(
         for ref in ckpt.tensors.values():
             if quant and quant.is_scale(ref.name, ckpt):
                 continue  # FP8 block scales: scores use the stored codes (blocks share a scale)
-            claim = arch.match(ref.name)
+            claim = arch.match(ref.name, ckpt.config)
             if claim is None:
                 continue
             role, binding = claim

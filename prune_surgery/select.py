@@ -11,20 +11,24 @@ chosen inside kept kv groups, the same count in every group.
 from __future__ import annotations
 
 import zlib
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from .arch import RULES, Architecture
 from .errors import SpecError
 from .keepfile import Keep, kept
+from .sizes import config_get
 from .spec import SCORED, PruneSpec
 
 Scores = Callable[[str, str], np.ndarray]
 
 
-def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) -> dict[str, int]:
-    """Target size of every space, from the spec's config-keyed sizes (unlisted: unchanged)."""
+def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec,
+                    config: dict[str, Any] | None = None) -> dict[str, int]:
+    """Target size of every space, from the spec's config-keyed sizes (unlisted: unchanged).
+
+    A space that `follows` another and has none of its keys in `config` takes that space's target."""
     by_key: dict[str, list[str]] = {}  # spaces sized by one key (e.g. routed and shared expert widths)
     for name, space in arch.spaces.items():
         for key in space.keys:
@@ -54,22 +58,42 @@ def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) 
         if key in spec.sizes and spec.sizes[key] != left:
             raise SpecError(f"drop_layers leaves {left} layers but {key}={spec.sizes[key]}; give one or the other")
         targets["layers"] = left
+    for name in following(arch, config):  # e.g. full-attention kv heads without a count of their own
+        given = [k for k in arch.spaces[name].keys if k in spec.sizes]
+        if given:
+            lead = arch.spaces[arch.spaces[name].follows].keys[0]  # type: ignore[index]
+            raise SpecError(f"config.json has no {given[0]}: these layers use {lead}; give --{lead.replace('_', '-')} instead")
+        targets[name] = targets[arch.spaces[name].follows]  # type: ignore[index]
     for name, space in arch.spaces.items():  # MHA source, only heads given: stay MHA (kv follows)
         outer = space.within
         if outer and sizes[name] == sizes[outer] and targets[name] != sizes[name] and not _given(arch, outer, spec):
             targets[outer] = targets[name]
     if "vocab" in arch.spaces and spec.keep_vocab is not None:
         targets["vocab"] = len(spec.keep_vocab)
-    check_targets(arch, sizes, targets, spec)
+    check_targets(arch, sizes, targets, spec, config)
     return targets
+
+
+def following(arch: Architecture, config: dict[str, Any] | None) -> list[str]:
+    """Spaces that `follow` another because the config holds none of their keys."""
+    if config is None:
+        return []
+    return [n for n, s in arch.spaces.items() if s.follows and all(config_get(config, k, None) is None for k in s.keys)]
 
 
 def _given(arch: Architecture, space: str, spec: PruneSpec) -> bool:
     return any(key in spec.sizes for key in arch.spaces[space].keys) or bool(spec.keep and space in spec.keep)
 
 
-def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec) -> None:
+def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec,
+                  config: dict[str, Any] | None = None) -> None:
     """Refuse targets that transformers cannot describe or that break GQA or balance."""
+    for rule in arch.layer_shared_tails if config is not None else ():  # KV-sharing layers read their producer's heads
+        count = config_get(config, rule["count"], None)
+        pruned = [arch.spaces[s].keys[0] for s in rule.get("spaces", []) if s in targets and targets[s] != sizes[s]]
+        if count and pruned:
+            raise SpecError(f"{pruned[0]} cannot be pruned while the last {count} layers ({rule['count']}) reuse earlier "
+                            f"layers' keys and values: {rule.get('spaces_why', 'their kv heads are the producers')}")
     for name, space in arch.spaces.items():
         if targets[name] <= 0:
             raise SpecError(f"{space.keys[0]} must stay positive")
@@ -235,9 +259,9 @@ def _drop_by_scores(influence: np.ndarray, drop: int) -> list[int]:
 
 
 def targets_and_layers(arch: Architecture, sizes: dict[str, int], spec: PruneSpec,
-                       influence: np.ndarray | None = None) -> tuple[dict[str, int], list[int]]:
+                       influence: np.ndarray | None = None, config: dict[str, Any] | None = None) -> tuple[dict[str, int], list[int]]:
     """Target size of every space and the kept original layers (the first step of selection)."""
-    targets = resolve_targets(arch, sizes, spec)
+    targets = resolve_targets(arch, sizes, spec, config)
     layers = select_layers(arch, sizes, targets, spec, influence)
     targets["layers"] = len(layers)
     return targets, layers

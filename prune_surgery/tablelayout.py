@@ -41,6 +41,7 @@ def apply_layout(table: dict[str, Any], family: str) -> dict[str, Any]:
                 config[kind] = _prefixed(config[kind], prefix)
         for kind, fields in (("steps", ("step", "ids")), ("patterns", ("list", "step")), ("shared_tail", ("count", "by"))):
             config[kind] = [{**r, **{f: _prefixed(r[f], prefix) for f in fields if r.get(f)}} for r in config.get(kind, [])]
+        t["when"] = {_prefixed(k, prefix): v for k, v in (t.get("when") or {}).items()}
         t["layer_config"] = config  # `tie` stays top-level: transformers ties a composite model by its own config
         t["tensors"] = {r: {**e, "only": {**e["only"], "list": _prefixed(e["only"]["list"], prefix)}} if e.get("only") else e
                         for r, e in t.get("tensors", {}).items()}

@@ -254,6 +254,10 @@ GEMMA4_VARIANTS = {
     "dense": dict(hidden_size_per_layer_input=0, num_kv_shared_layers=0, vocab_size_per_layer_input=128),
     "ple_shared": dict(hidden_size_per_layer_input=16, num_kv_shared_layers=2, vocab_size_per_layer_input=128,
                        attention_k_eq_v=True, num_global_key_value_heads=2),
+    # 26B-A4B-style: routed experts beside the dense MLP on every layer, k = v full layers
+    "moe": dict(hidden_size_per_layer_input=0, num_kv_shared_layers=0, vocab_size_per_layer_input=128,
+                attention_k_eq_v=True, num_global_key_value_heads=2, enable_moe_block=True, num_experts=6,
+                top_k_experts=2, moe_intermediate_size=32),
 }
 
 
@@ -266,8 +270,10 @@ def build_gemma4(path: Path, variant: str, seed: int = 0) -> Path:
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
+            if ("norm" in name and name.endswith("weight")) or name.endswith(("router.scale", "per_expert_scale")):
                 param.uniform_(0.5, 1.5)
+            elif name.endswith("router.proj.weight"):
+                param.normal_(0, 1.0)  # routing that depends on the input
         for layer in model.model.layers:
             layer.layer_scalar.uniform_(0.5, 1.5)
     model.save_pretrained(path, max_shard_size="60KB")
@@ -291,6 +297,20 @@ def masked_gemma4(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
         for i, layer in enumerate(base.layers):
             if str(i) in keep.get("ffn", {}):
                 layer.mlp.down_proj.weight[:, sorted(set(range(cfg.intermediate_size)) - set(keep["ffn"][str(i)]))] = 0
+            space = "full_heads" if cfg.layer_types[i] == "full_attention" else "heads"  # each type its own head width
+            hd, n = layer.self_attn.head_dim, cfg.num_attention_heads
+            for h in sorted(set(range(n)) - set(keep.get(space, {}).get(str(i), range(n)))):
+                layer.self_attn.o_proj.weight[:, h * hd : (h + 1) * hd] = 0
+            if hasattr(layer, "router") and str(i) in keep.get("experts", {}):  # dropped experts are never routed to
+                gone = sorted(set(range(cfg.num_experts)) - set(keep["experts"][str(i)]))
+                mask = torch.zeros(cfg.num_experts)
+                mask[gone] = float("-inf")  # router logits of dropped experts: -inf (never routed to)
+                layer.router.proj.bias = torch.nn.Parameter(mask)
+            if hasattr(layer, "experts") and str(i) in keep.get("moe_ffn", {}):
+                width = cfg.moe_intermediate_size
+                layer.experts.down_proj[:, :, sorted(set(range(width)) - set(keep["moe_ffn"][str(i)]))] = 0
+            if hasattr(layer, "experts") and "hidden" in keep:
+                layer.experts.down_proj[:, sorted(set(range(cfg.hidden_size)) - set(keep["hidden"])), :] = 0
     kept = keep.get("layers", list(range(cfg.num_hidden_layers)))
     if cfg.hidden_size_per_layer_input:
         p = cfg.hidden_size_per_layer_input
