@@ -34,7 +34,9 @@ def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec,
         for key in space.keys:
             by_key.setdefault(key, []).append(name)
     # a nested key (`text_config.hidden_size` of a VLM) is also given by its last part (`--hidden-size`)
-    by_key.update({k.rsplit(".", 1)[1]: n for k, n in list(by_key.items()) if "." in k and k.rsplit(".", 1)[1] not in by_key})
+    # (not a `*` key's field: `per_layer_config.*.num_key_value_heads` is no `num_key_value_heads`)
+    by_key.update({k.rsplit(".", 1)[1]: n for k, n in list(by_key.items())
+                   if "." in k and ".*." not in k and k.rsplit(".", 1)[1] not in by_key})
     targets = {name: sizes[name] for name in arch.spaces}
     for key, value in spec.sizes.items():
         if key in arch.dims or key == "head_dim":
