@@ -242,6 +242,3 @@ def masked_vlm(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
         cfg.layer_types = [cfg.layer_types[i] for i in kept]
     cfg.num_hidden_layers = len(kept)
     return model
-
-
-from models_gemma4 import GEMMA4, GEMMA4_VARIANTS, build_gemma4, masked_gemma4  # noqa: E402  (moved; re-exported)
