@@ -68,6 +68,7 @@ class Space:
     mirrors: tuple[str, ...] = ()  # other config keys holding the same size, written with it (a VLM's projector width)
     groups: str | None = None  # a dim: units are chosen in that many equal contiguous groups, the same count in each
     follows: str | None = None  # a space: with none of its keys in the config, it has that space's size and target
+    only: tuple[str, str] | None = None  # `only: {list, is}`: chosen per layer on the layers of that type only
 
 
 #: norm kinds a table may name, and the offset their stored weight carries
@@ -123,7 +124,7 @@ class Architecture:
             found = role.pattern.fullmatch(name)
             if found:
                 claim = role, {k: int(v) for k, v in found.groupdict().items()}
-                if config is None or role.only is None or _layer_type_is(config, role.only, claim[1].get("layer")):
+                if config is None or role.only is None or layer_type_is(config, role.only, claim[1].get("layer")):
                     return claim
                 first = first or claim
         if first is not None:
@@ -136,8 +137,8 @@ class Architecture:
         )
 
 
-def _layer_type_is(config: dict[str, Any], only: tuple[str, str], layer: int | None) -> bool:
-    """Whether entry `layer` of the config list `only[0]` is `only[1]`."""
+def layer_type_is(config: dict[str, Any], only: tuple[str, str], layer: int | None) -> bool:
+    """Whether entry `layer` of the config list `only[0]` is `only[1]` (a role's or space's `only`)."""
     from .sizes import config_get  # sizes reads Architecture: imported here, not at the top
 
     types = config_get(config, only[0], None)
@@ -218,7 +219,8 @@ def load_architecture(family: str) -> Architecture:
     t = apply_layout(_resolve(family), family)
     spaces = {
         n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"),
-                 _list(s.get("mirrors")), s.get("groups"), s.get("follows"))
+                 _list(s.get("mirrors")), s.get("groups"), s.get("follows"),
+                 (s["only"]["list"], s["only"]["is"]) if s.get("only") else None)
         for n, s in t.get("spaces", {}).items()
     }
     dims = dict(t.get("dims", {}))

@@ -205,7 +205,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         table = compute_scores(ckpt, arch, sizes, wanted, layers, block_bytes)
         # a scope no tensor carries (the experts of a dense layer of a MoE model) scores zero
         scores = lambda space, key: table.get((space, key), np.zeros(sizes[space]))  # noqa: E731
-    keep = select_keep(arch, sizes, targets, spec, layers, scores)
+    keep = select_keep(arch, sizes, targets, spec, layers, scores, config)
     _check_nesting(arch, keep, sizes)
     check_targets(arch, sizes, targets, spec, config)
     if "vocab" in keep and keep["vocab"] and keep["vocab"][-1] >= sizes["vocab"]:  # type: ignore[index]

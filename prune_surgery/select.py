@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .arch import RULES, Architecture
+from .arch import RULES, Architecture, layer_type_is
 from .errors import SpecError
 from .keepfile import Keep, kept
 from .sizes import config_get
@@ -271,9 +271,10 @@ def targets_and_layers(arch: Architecture, sizes: dict[str, int], spec: PruneSpe
 
 def select_keep(
     arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec,
-    layers: list[int], scores: Scores | None = None,
+    layers: list[int], scores: Scores | None = None, config: dict[str, Any] | None = None,
 ) -> Keep:
-    """Kept indices of every pruned space (layers always recorded)."""
+    """Kept indices of every pruned space (layers always recorded); a space with `only` is
+    chosen on the layers of its type in `config` only (Gemma 4's sliding and full heads)."""
     keep: Keep = {"layers": layers}
     if spec.keep_vocab is not None:
         keep["vocab"] = list(spec.keep_vocab)
@@ -284,6 +285,8 @@ def select_keep(
         if name in ("layers", "vocab") or name in keep:
             continue
         keys = scope_keys(arch, name, keep, sizes)
+        if space.only and config is not None:
+            keys = [k for k in keys if layer_type_is(config, space.only, int(k.split(".")[0]))]
         if name in explicit:
             keep[name] = _validated(arch, name, explicit[name], keys, sizes, targets)
             continue

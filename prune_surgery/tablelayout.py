@@ -6,7 +6,7 @@ config (`text_config.hidden_size`).  Two table entries say so, applied to the re
 (own and inherited entries alike) before it becomes an Architecture:
 
 - `config_prefix: text_config.`: every config key the table names (space and dim keys, `mirrors`,
-  `layer_config`, tensors' `only`, `when`) is read and written under that prefix (dotted keys, see sizes.py), except
+  `layer_config`, tensors' and spaces' `only`, `when`) is read and written under that prefix (dotted keys, see sizes.py), except
   keys that are dotted already (`vision_config.hidden_size`; `per_layer_config.*.head_dim` is prefixed) and `tie`, which transformers
   reads from the top-level config of a composite model;
 - `rename: [{from: "model.", to: "language_model.model."}]`: every tensor name template and
@@ -33,7 +33,8 @@ def apply_layout(table: dict[str, Any], family: str) -> dict[str, Any]:
     t = dict(table)
     prefix = t.get("config_prefix")
     if prefix:
-        t["spaces"] = {n: {**s, "key": _prefixed(s["key"], prefix), **({"mirrors": _prefixed(s["mirrors"], prefix)} if s.get("mirrors") else {})}
+        t["spaces"] = {n: {**s, "key": _prefixed(s["key"], prefix), **({"mirrors": _prefixed(s["mirrors"], prefix)} if s.get("mirrors") else {}),
+                           **({"only": {**s["only"], "list": _prefixed(s["only"]["list"], prefix)}} if s.get("only") else {})}
                        for n, s in t.get("spaces", {}).items()}
         t["dims"] = {n: {**d, "key": _prefixed(d["key"], prefix)} if d.get("key") else d for n, d in t.get("dims", {}).items()}
         config = dict(t.get("layer_config", {}))

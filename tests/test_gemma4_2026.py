@@ -65,7 +65,11 @@ def test_gemma4_heads_of_both_layer_types_and_experts_are_exact(gemma4, tmp_path
         assert cfg["per_layer_config"] == {"1": {"head_dim": 16}, "2": {"head_dim": 16}}
     keep = keep_of(out)
     assert len(keep["full_heads"]["1"]) == len(keep["heads"]["0"]) == 4
+    assert set(keep["full_heads"]) == {"1", "3"} and set(keep["heads"]) == set(keep["kv_heads"]) == {"0"}  # one selection per layer, of its type
     assert _error(src, out) < 5e-5
+    assert ps.plan(src, ps.PruneSpec(keep=keep)).plan_hash == plan.plan_hash  # the keep file reproduces the run
+    with pytest.raises(SpecError, match="exactly these scopes: 1, 3"):
+        ps.plan(src, ps.PruneSpec(keep={**keep, "full_heads": {**keep["full_heads"], "0": keep["heads"]["0"]}}))
 
 
 def test_gemma4_kv_sharing_keeps_kv_heads_and_cuts_query_heads_exactly(gemma4, tmp_path):
