@@ -8,6 +8,9 @@ everything is byte-identical; the cuts that cannot stay exact are refused with t
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -136,3 +139,17 @@ def test_gemma4_vlm_language_model_cuts_are_exact(tmp_path, variant):
     assert (vlm_logits(pruned, False) - vlm_logits(reference, False)).abs().max() < 5e-5
     assert (_image_logits(pruned) - _image_logits(reference)).abs().max() < 5e-5
     assert not torch.allclose(_image_logits(pruned), _image_logits(pruned, seed=3), atol=1e-4)  # the image is read
+
+
+def test_gemma4_hub_config_form_prunes_heads_exactly(gemma4, tmp_path):
+    """Hub configs give `global_head_dim` / `num_global_key_value_heads` instead of 5.24's
+    `per_layer_config` (which transformers then derives): read and written in that form."""
+    src = tmp_path / "src"
+    shutil.copytree(gemma4["moe"], src)
+    cfg = _config(src)
+    del cfg["per_layer_config"]
+    (src / "config.json").write_text(json.dumps({**cfg, "global_head_dim": 16, "num_global_key_value_heads": 2}))
+    sizes = {"hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "num_global_key_value_heads": 1}
+    plan = ps.run(src, tmp_path / "out", ps.PruneSpec(sizes=sizes, drop_layers=(2,)))
+    assert plan.changes["num_global_key_value_heads"] == [2, 1] and "per_layer_config" not in plan.new_config
+    assert _error(src, tmp_path / "out") < 5e-5
