@@ -70,17 +70,25 @@ def _remap_layer_keys(arch: Architecture, config: dict[str, Any], new: dict[str,
 def _shared_tail(config: dict[str, Any], new: dict[str, Any], rule: dict[str, Any], layers: list[int], n: int) -> None:
     """The last `count` layers reuse the KV of the last earlier layer of their `by` type (Gemma 4):
     dropping such a producer is refused; `count` becomes the number of kept tail layers."""
-    count = int(config_get(config, rule["count"], None) or 0)
+    first, producer = tail_producers(config, rule, n)
+    count = n - first
     if not count:
         return
-    kinds = config_get(config, rule["by"], None) or ["layer"] * n
-    first = n - count
-    producers = {kinds[i]: i for i in range(first)}  # the last of each kind before the tail
-    dropped = sorted(set(producers.values()) - set(layers))
+    dropped = sorted(set(producer.values()) - set(layers))
     if dropped:
         raise SpecError(f"layer {dropped[0]} produces the KV cache that the last {count} layers ({rule['count']}) reuse; "
                         f"{rule.get('why', 'keep it')}")
     config_set(new, rule["count"], sum(1 for i in layers if i >= first))
+
+
+def tail_producers(config: dict[str, Any], rule: dict[str, Any], n: int) -> tuple[int, dict[int, int]]:
+    """(first layer of the shared tail, {tail layer: the earlier layer whose KV it reuses}) of a
+    `shared_tail` rule: the last layer of the same `by` type before the tail (none: n, {})."""
+    count = int(config_get(config, rule["count"], None) or 0)
+    kinds = config_get(config, rule["by"], None) or ["layer"] * n
+    first = n - count
+    last = {kinds[i]: i for i in range(max(first, 0))}  # the last of each kind before the tail
+    return (first, {i: last[kinds[i]] for i in range(first, n) if kinds[i] in last}) if count else (n, {})
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:

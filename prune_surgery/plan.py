@@ -207,7 +207,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         scores = lambda space, key: table.get((space, key), np.zeros(sizes[space]))  # noqa: E731
     keep = select_keep(arch, sizes, targets, spec, layers, scores, config)
     _check_nesting(arch, keep, sizes)
-    check_targets(arch, sizes, targets, spec, config)
+    check_targets(arch, sizes, targets, spec)
     if "vocab" in keep and keep["vocab"] and keep["vocab"][-1] >= sizes["vocab"]:  # type: ignore[index]
         raise SpecError(f"keep-vocab names token id {keep['vocab'][-1]} but the vocabulary has {sizes['vocab']}")  # type: ignore[index]
     pad = 0

@@ -18,6 +18,7 @@ import numpy as np
 from .arch import RULES, Architecture, layer_type_is
 from .errors import SpecError
 from .keepfile import Keep, kept
+from .configedit import tail_producers
 from .sizes import config_get
 from .spec import SCORED, PruneSpec
 
@@ -72,7 +73,7 @@ def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec,
             targets[outer] = targets[name]
     if "vocab" in arch.spaces and spec.keep_vocab is not None:
         targets["vocab"] = len(spec.keep_vocab)
-    check_targets(arch, sizes, targets, spec, config)
+    check_targets(arch, sizes, targets, spec)
     return targets
 
 
@@ -87,15 +88,8 @@ def _given(arch: Architecture, space: str, spec: PruneSpec) -> bool:
     return any(key in spec.sizes for key in arch.spaces[space].keys) or bool(spec.keep and space in spec.keep)
 
 
-def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec,
-                  config: dict[str, Any] | None = None) -> None:
+def check_targets(arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec) -> None:
     """Refuse targets that transformers cannot describe or that break GQA or balance."""
-    for rule in arch.layer_shared_tails if config is not None else ():  # KV-sharing layers read their producer's heads
-        count = config_get(config, rule["count"], None)
-        pruned = [arch.spaces[s].keys[0] for s in rule.get("spaces", []) if s in targets and targets[s] != sizes[s]]
-        if count and pruned:
-            raise SpecError(f"{pruned[0]} cannot be pruned while the last {count} layers ({rule['count']}) reuse earlier "
-                            f"layers' keys and values: {rule.get('spaces_why', 'their kv heads are the producers')}")
     for name, space in arch.spaces.items():
         if targets[name] <= 0:
             raise SpecError(f"{space.keys[0]} must stay positive")
@@ -289,6 +283,7 @@ def select_keep(
             keys = [k for k in keys if layer_type_is(config, space.only, int(k.split(".")[0]))]
         if name in explicit:
             keep[name] = _validated(arch, name, explicit[name], keys, sizes, targets)
+            _share_producers(arch, name, keep, sizes, config, explicit=True)
             continue
         if targets[name] == sizes[name] and not (space.within and space.within in keep):
             continue
@@ -303,7 +298,29 @@ def select_keep(
                 parts = sizes[space.groups] if space.groups else spec.balance or 1
                 chosen[key] = choose(sizes[name], targets[name], spec.method, rng, score, parts)
         keep[name] = chosen[""] if keys == [""] else chosen
+        _share_producers(arch, name, keep, sizes, config, explicit=False)
     return keep
+
+
+def _share_producers(arch: Architecture, name: str, keep: Keep, sizes: dict[str, int],
+                     config: dict[str, Any] | None, explicit: bool) -> None:
+    """Layers that reuse an earlier layer's KV (`shared_tail` rules naming `name` in `spaces`)
+    keep that producer's kv heads: their query heads are then chosen inside the producer's kept
+    groups.  A keep file that gives a consumer other kv heads is refused."""
+    chosen = keep.get(name)
+    if config is None or not isinstance(chosen, dict):
+        return
+    for rule in arch.layer_shared_tails:
+        if name not in rule.get("spaces", []):
+            continue
+        for layer, producer in tail_producers(config, rule, sizes["layers"])[1].items():
+            if str(layer) not in chosen or str(producer) not in chosen:
+                continue
+            if not explicit:
+                chosen[str(layer)] = chosen[str(producer)]
+            elif list(chosen[str(layer)]) != list(chosen[str(producer)]):
+                raise SpecError(f"keep file: layer {layer} reuses the keys and values of layer {producer} ({rule['count']}), "
+                                f"so its {name} must be layer {producer}'s: {list(chosen[str(producer)])}")
 
 
 def _depth(arch: Architecture, name: str) -> int:

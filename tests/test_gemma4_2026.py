@@ -75,17 +75,26 @@ def test_gemma4_heads_of_both_layer_types_and_experts_are_exact(gemma4, tmp_path
         ps.plan(src, ps.PruneSpec(keep={**keep, "full_heads": {**keep["full_heads"], "0": keep["heads"]["0"]}}))
 
 
-def test_gemma4_kv_sharing_keeps_kv_heads_and_cuts_query_heads_exactly(gemma4, tmp_path):
-    src = gemma4["ple_shared"]
-    for kv in ({"num_key_value_heads": 2}, {"num_global_key_value_heads": 1}):
-        with pytest.raises(SpecError, match="reuse earlier layers' keys and values: a KV-sharing layer's query heads"):
-            ps.plan(src, ps.PruneSpec(sizes={"num_attention_heads": 4, **kv}))
-    plan = ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"num_attention_heads": 4, "hidden_size": 48}, drop_layers=(2,)))
-    out = _tensors(tmp_path / "out")
-    assert out["model.layers.2.self_attn.q_proj.weight"].shape == (4 * 16, 48)  # a consumer: query heads only
-    assert "model.layers.2.self_attn.k_proj.weight" not in out
-    assert plan.new_config["num_kv_shared_layers"] == 1
-    assert _error(src, tmp_path / "out") < 5e-5
+def test_gemma4_kv_sharing_layers_keep_their_producers_kv_heads(gemma4, tmp_path):
+    """Layers 2 (sliding) and 3 (full) reuse the KV of layers 0 and 1: they keep those layers'
+    kv heads and choose their query heads inside them, so kv cuts stay exact."""
+    src, out = gemma4["ple_shared"], tmp_path / "out"
+    sizes = {"num_attention_heads": 4, "num_key_value_heads": 2, "num_global_key_value_heads": 1, "hidden_size": 48}
+    plan = ps.run(src, out, ps.PruneSpec(sizes=sizes))
+    keep = keep_of(out)
+    assert keep["kv_heads"]["2"] == keep["kv_heads"]["0"] and keep["full_kv_heads"]["3"] == keep["full_kv_heads"]["1"]
+    t = _tensors(out)
+    assert t["model.layers.3.self_attn.q_proj.weight"].shape == (4 * 16, 48)  # a consumer: query heads only
+    assert t["model.layers.1.self_attn.k_proj.weight"].shape == (1 * 16, 48)
+    assert "model.layers.2.self_attn.k_proj.weight" not in t
+    assert plan.new_config["per_layer_config"]["3"] == {"head_dim": 16, "num_key_value_heads": 1}
+    assert _error(src, out) < 5e-5
+    other = {**keep, "kv_heads": {**keep["kv_heads"], "2": sorted(set(range(4)) - set(keep["kv_heads"]["0"]))}}
+    with pytest.raises(SpecError, match="layer 2 reuses the keys and values of layer 0 .* its kv_heads must be layer 0's"):
+        ps.plan(src, ps.PruneSpec(keep=other))
+    dropped = ps.run(src, tmp_path / "drop", ps.PruneSpec(sizes={"num_attention_heads": 4, "hidden_size": 48}, drop_layers=(2,)))
+    assert dropped.new_config["num_kv_shared_layers"] == 1
+    assert _error(src, tmp_path / "drop") < 5e-5
 
 
 def test_gemma4_refusals_name_the_reason(gemma4):
