@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import prune_surgery as ps
+from clitools import assert_clean_failure, cli
 from models import keep_of, load, logits, sample_ids
 from models_families_2026 import IMAGE_TOKEN, load_vlm, vlm_logits
 from models_gemma4 import build_gemma4, build_gemma4_vlm, masked_gemma4, masked_gemma4_vlm
@@ -162,3 +163,13 @@ def test_gemma4_hub_config_form_prunes_heads_exactly(gemma4, tmp_path):
     plan = ps.run(src, tmp_path / "out", ps.PruneSpec(sizes=sizes, drop_layers=(2,)))
     assert plan.changes["num_global_key_value_heads"] == [2, 1] and "per_layer_config" not in plan.new_config
     assert _error(src, tmp_path / "out") < 5e-5
+
+
+def test_gemma4_cli_takes_full_layer_kv_heads_from_a_spec_file(gemma4, tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"num_global_key_value_heads": 1, "num_attention_heads": 4}))
+    done = cli("run", str(gemma4["moe"]), str(tmp_path / "out"), "--spec", str(spec), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert _config(tmp_path / "out")["per_layer_config"]["1"]["num_key_value_heads"] == 1
+    spec.write_text(json.dumps({"num_global_key_value_heads": 1}))
+    assert_clean_failure(cli("plan", str(gemma4["dense"]), "--spec", str(spec)), "no num_global_key_value_heads", "num-key-value-heads")
