@@ -68,6 +68,8 @@ class Space:
     default: str | None = None
     mirrors: tuple[str, ...] = ()  # other config keys holding the same size, written with it (a VLM's projector width)
     groups: str | None = None  # a dim: units are chosen in that many equal contiguous groups, the same count in each
+    follows: str | None = None  # a space: with none of its keys in the config, it has that space's size and target
+    only: tuple[str, str] | None = None  # `only: {list, is}`: chosen per layer on the layers of that type only
 
 
 #: norm kinds a table may name, and the offset their stored weight carries
@@ -103,24 +105,35 @@ class Architecture:
     caveats: tuple[dict[str, Any], ...] = ()
     extra_layers: str | None = None  # a dim: layers numbered after num_hidden_layers (MTP), kept and renumbered
     extra_stored: bool = False  # `extra_layers: {count, from, to}`: stored in a list of their own, never renumbered
+    when: tuple[tuple[str, Any], ...] = ()  # `when: {key: value}`: claims its model_types only for such configs
 
     @property
     def norm_offset(self) -> float:
         """Stored norm weight w acts as (w + offset): 1 for `rms_one_plus` (Gemma), else 0."""
         return NORM_OFFSETS.get(self.norm, 0.0)
 
-    def match(self, name: str) -> tuple[TensorRole, dict[str, int]] | None:
+    def match(self, name: str, config: dict[str, Any] | None = None) -> tuple[TensorRole, dict[str, int]] | None:
         """The role claiming `name` and its placeholder values, or None for a dropped buffer.
 
+        With `config`, a role marked `only: {list, is}` claims a layer's tensor only when the
+        layer's entry in that list is `is`, so two roles may share a name template, one per layer
+        type (Gemma 4's sliding and full attention); when none fits, the first match is returned
+        (and the presence check reports the disagreement).
         Raises ArchitectureError naming the tensor when no entry claims it.
         """
+        first = None
         for role in (*self.roles.values(), *self.alias_roles):
             found = role.pattern.fullmatch(name)
             if found:
                 binding = {k: int(v) for k, v in found.groupdict().items()}
                 if role.extra:  # not a decoder layer of the main stack: see `claim`
                     binding["extra_layer"] = binding.pop("layer")
-                return role, binding
+                    return role, binding
+                if config is None or role.only is None or layer_type_is(config, role.only, binding.get("layer")):
+                    return role, binding
+                first = first or (role, binding)
+        if first is not None:
+            return first
         if any(p.fullmatch(name) for p in self.drop):
             return None
         raise ArchitectureError(
@@ -129,11 +142,11 @@ class Architecture:
         )
 
 
-    def claim(self, name: str, sizes: dict[str, int]) -> tuple[TensorRole, dict[str, int]] | None:
+    def claim(self, name: str, sizes: dict[str, int], config: dict[str, Any] | None = None) -> tuple[TensorRole, dict[str, int]] | None:
         """`match`, with an extra layer stored in a list of its own (`mtp.layers.{i}`) bound to the
         layer scope num_hidden_layers + i, where its selections are recorded (as for MTP layers
         stored after the decoder layers); refused when the config counts fewer extra layers."""
-        found = self.match(name)
+        found = self.match(name, config)
         if found is None or not found[0].extra:
             return found
         role, binding = found
@@ -160,6 +173,14 @@ def _extra_copies(roles: dict[str, TensorRole], extra: dict[str, Any], family: s
             copies[f"{name}@extra"] = replace(role, role=f"{name}@extra", template=template, pattern=_compile(template),
                                               optional=True, only=None, extra=True)
     return copies
+
+
+def layer_type_is(config: dict[str, Any], only: tuple[str, str], layer: int | None) -> bool:
+    """Whether entry `layer` of the config list `only[0]` is `only[1]` (a role's or space's `only`)."""
+    from .sizes import config_get  # sizes reads Architecture: imported here, not at the top
+
+    types = config_get(config, only[0], None)
+    return isinstance(types, list) and layer is not None and layer < len(types) and types[layer] == only[1]
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -236,7 +257,8 @@ def load_architecture(family: str) -> Architecture:
     t = apply_layout(_resolve(family), family)
     spaces = {
         n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"),
-                 _list(s.get("mirrors")), s.get("groups"))
+                 _list(s.get("mirrors")), s.get("groups"), s.get("follows"),
+                 (s["only"]["list"], s["only"]["is"]) if s.get("only") else None)
         for n, s in t.get("spaces", {}).items()
     }
     dims = dict(t.get("dims", {}))
@@ -308,6 +330,7 @@ def load_architecture(family: str) -> Architecture:
         caveats=tuple(t.get("caveats", [])),
         extra_layers=extra,
         extra_stored=isinstance(t.get("extra_layers"), dict),
+        when=tuple(dict(t.get("when") or {}).items()),
     )
 
 
@@ -341,9 +364,11 @@ def families() -> list[str]:
 def architecture_for(config: dict[str, Any]) -> Architecture:
     """The architecture whose `model_types` include the config's `model_type`."""
     model_type = config.get("model_type")
-    for family in families():
-        arch = load_architecture(family)
-        if model_type in arch.model_types:
+    from .sizes import config_get
+
+    candidates = [a for a in map(load_architecture, families()) if model_type in a.model_types]
+    for arch in sorted(candidates, key=lambda a: not a.when):  # a table whose `when` holds, else the plain one
+        if all(config_get(config, key, None) == value for key, value in arch.when):
             return arch
     supported = ", ".join(t for f in families() for t in load_architecture(f).model_types)
     raise ArchitectureError(

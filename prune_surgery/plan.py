@@ -193,7 +193,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
                             "layers; the file is damaged or from another model, recalibrate")
         if influence is not None:
             influence = np.nan_to_num(influence.astype(np.float64), nan=np.inf)
-    targets, layers = targets_and_layers(arch, sizes, spec, influence)
+    targets, layers = targets_and_layers(arch, sizes, spec, influence, config)
     scores = None
     if activation is not None:
         from .calibrate.scorefile import check_scores, needed_spaces, ranking
@@ -206,7 +206,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         table = compute_scores(ckpt, arch, sizes, wanted, layers, block_bytes)
         # a scope no tensor carries (the experts of a dense layer of a MoE model) scores zero
         scores = lambda space, key: table.get((space, key), np.zeros(sizes[space]))  # noqa: E731
-    keep = select_keep(arch, sizes, targets, spec, layers, scores)
+    keep = select_keep(arch, sizes, targets, spec, layers, scores, config)
     _check_nesting(arch, keep, sizes)
     check_targets(arch, sizes, targets, spec)
     if "vocab" in keep and keep["vocab"] and keep["vocab"][-1] >= sizes["vocab"]:  # type: ignore[index]
@@ -227,7 +227,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         if quant and quant.is_scale(ref.name, ckpt):
             params_before += ref.numel  # planned with its weight (plan_quantized)
             continue
-        claim = arch.claim(ref.name, sizes)
+        claim = arch.claim(ref.name, sizes, config)
         if claim is None:  # a buffer the table drops (rotary inv_freq)
             dropped.append(ref.name)
             continue

@@ -31,7 +31,7 @@ def compute_scores(
         for ref in ckpt.tensors.values():
             if quant and quant.is_scale(ref.name, ckpt):
                 continue  # FP8 block scales: scores use the stored codes (blocks share a scale)
-            claim = arch.claim(ref.name, sizes)
+            claim = arch.claim(ref.name, sizes, ckpt.config)
             if claim is None:
                 continue
             role, binding = claim

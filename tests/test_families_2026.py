@@ -16,8 +16,8 @@ import torch
 import prune_surgery as ps
 from models import keep_of, load, logits, sample_ids
 from models_families import masked_reference
-from models_families_2026 import (build, build_gemma4, build_vlm, build_hub_gpt2, load_vlm, masked_gemma4, masked_vlm, masked_gpt2,
-                                  masked_qwen3_5, vlm_logits)
+from models_families_2026 import build, build_vlm, build_hub_gpt2, load_vlm, masked_vlm, masked_gpt2, masked_qwen3_5, vlm_logits
+from models_gemma4 import build_gemma4, masked_gemma4
 from prune_surgery.errors import ArchitectureError, SpecError
 from test_families import _config, _tensors
 
@@ -267,11 +267,10 @@ def test_gemma4_width_and_depth_are_exact(gemma4, tmp_path, variant):
     assert plan.new_config["num_hidden_layers"] == 3
 
 
-def test_gemma4_kv_producer_drop_and_heads_are_refused(gemma4):
+def test_gemma4_kv_producer_drop_is_refused(gemma4):
+    """(Head pruning per layer type: tests/test_gemma4_2026.py.)"""
     with pytest.raises(SpecError, match="produces the KV cache"):
         ps.plan(gemma4["ple_shared"], ps.PruneSpec(drop_layers=(1,)))
-    with pytest.raises(SpecError, match="not a prunable size of gemma4"):
-        ps.plan(gemma4["dense"], ps.PruneSpec(sizes={"num_attention_heads": 4}))
 
 
 def test_qwen3_5_layer_types_must_match_the_tensor_sets(ckpts, tmp_path):

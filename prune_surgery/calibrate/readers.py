@@ -70,7 +70,7 @@ def layer_readers(
     expert_owner = arch.placeholders.get("expert")
     found: dict[int, dict[tuple[str, int | None], Reader]] = {}
     for name in ckpt.tensors:
-        claim = arch.match(name)
+        claim = arch.match(name, ckpt.config)
         if claim is None:
             continue
         role, binding = claim

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import models
 import models_families
-import models_families_2026  # registers the 2026 families in models_families.FAMILIES
+import models_families_2026  # noqa: F401  (registers the 2026 families in models_families.FAMILIES)
+import models_gemma4
 import models_moe2026
 
 TINY = {name: (models.build, name) for name in models.FAMILIES} | {
     name: (models_families.build, name) for name in models_families.FAMILIES}
 TINY["llama_tied"] = (models.build, "llama")
-TINY["gemma4"] = (lambda path, family, **extra: models_families_2026.build_gemma4(path, "dense"), "gemma4")
+TINY["gemma4"] = (lambda path, family, **extra: models_gemma4.build_gemma4(path, "dense"), "gemma4")
 TINY.update({name: (models_moe2026.build, name) for name in models_moe2026.FAMILIES})
