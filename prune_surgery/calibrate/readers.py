@@ -46,6 +46,7 @@ class Reader:
     rows: tuple[Segment, ...] = ()  # the spaces of axis -2: the input when the model stores [in, out] (GPT-2 Conv1D)
     transposed: bool = False  # this view of the reader reads its axis -2 (see LinearTap)
     rows_write_hidden: bool = False  # its last axis is the residual stream (the output when stored [in, out])
+    names: tuple[str, ...] = ()  # every checkpoint tensor loaded into it (per-expert gate and up fused in one)
 
     def as_stored_in_out(self) -> "Reader":
         """This reader as a weight stored [in, out]: its input is axis -2, its output the last axis."""
@@ -106,7 +107,9 @@ def layer_readers(
             rows = _segments(arch, role.axes[-2], where, sizes)
             if not segments and not rows:
                 continue
-            found.setdefault(binding["layer"], {})[(param, expert)] = Reader(
+            group = found.setdefault(binding["layer"], {})
+            before = group[(param, expert)].names if (param, expert) in group else ()
+            group[(param, expert)] = Reader(
                 param, expert, segments, any(s.space == "hidden" for s in role.axes[-2]), binding["layer"], name, rows,
-                rows_write_hidden=any(s.space == "hidden" for s in role.axes[-1]))
+                rows_write_hidden=any(s.space == "hidden" for s in role.axes[-1]), names=before + (name,))
     return found
