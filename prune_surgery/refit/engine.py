@@ -3,7 +3,10 @@
 The output is first streamed as usual (every tensor sliced from the source); then each tensor
 whose input axis lost units (``down_proj`` for ffn neurons, ``o_proj`` for heads, q/k/v/gate/up
 and routers for hidden channels, per expert too) gets the ridge least-squares values of
-:mod:`solve`, written over its bytes in place (same dtype and shape, so same offsets).
+:mod:`solve`, written over its bytes in place (same dtype and shape, so same offsets).  A weight
+applied as ``x @ W`` (stored [in, out]: GPT-2's Conv1D, the slices of gpt-oss's [experts, in,
+out] stacks) is solved on its axis -2; a stack is written whole, each kept expert's slice refit on
+its routed tokens (an expert no token reached keeps plain slicing).
 
 - ``oneshot``: one pass of the dense model; the pruned input is taken as the dense input's kept
   columns.
@@ -21,6 +24,7 @@ Only values change: shapes are the plan's, no tensor is added.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,12 +46,10 @@ _TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
 def refit_targets(plan: Plan) -> dict[str, TensorPlan]:
-    """Source tensor name -> its plan, for every tensor that may read pruned units: 2-D weights whose
-    input axis (the last) lost units, and [experts, a, b] stacks where a or b did (which of the two
-    is the input is seen when the layer runs: ``F.linear`` of [out, in] slices, ``x @ W[e]`` of
-    [in, out] ones)."""
-    return {t.source.name: t for t in plan.tensors
-            if (len(t.index) == 2 and t.index[-1] is not None) or (len(t.index) == 3 and any(i is not None for i in t.index[1:]))}
+    """Source tensor name -> its plan, for every 2-D weight or [experts, a, b] stack whose last two
+    axes lost units: which of the two is the input is seen when the layer runs (``F.linear`` of
+    [out, in] weights, ``x @ W`` of [in, out] ones: GPT-2's Conv1D, gpt-oss's stacks)."""
+    return {t.source.name: t for t in plan.tensors if len(t.index) in (2, 3) and any(i is not None for i in t.index[-2:])}
 
 
 def _source_weight(engine: LayerwiseModel, reader: Reader, name: str, stacked: bool) -> torch.Tensor:
@@ -192,7 +194,7 @@ def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mo
             capture = InputCapture(readers, {})
             # expert slices see different routed tokens in the two models: refit them one-shot
             experts = GramTap({k: r for k, r in readers.items() if r.expert is not None}, {})
-            tap = GramTap({k: Reader(r.param, r.expert, r.segments, r.writes_hidden, r.layer, out_to_source[r.name])
+            tap = GramTap({k: replace(r, name=out_to_source[r.name], names=tuple(out_to_source[n] for n in r.names))
                            for k, r in mine.items() if r.expert is None}, {}, capture)
             with dense.resident(index), pruned.resident(j):
                 capture.params = experts.params = dense.layer_params(index)

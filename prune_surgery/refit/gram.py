@@ -3,7 +3,8 @@
 Each reader's full input is split by window into a training and a held-out part (every
 ``VAL_EVERY``-th window is held out, for the choice of lambda).  Readers that receive the same
 input tensor (q/k/v, gate/up) share one Gram.  Expert slices see only their routed tokens and
-are not split; those of [experts, in, out] stacks (applied as ``x @ W[e]``) are kept too.  In sequential mode the dense model's inputs of the same tokens are captured
+are not split.  Weights stored [in, out] (GPT-2's Conv1D, the slices of [experts, in, out]
+stacks, applied as ``x @ W``) are marked, so their input axis is solved as axis -2.  In sequential mode the dense model's inputs of the same tokens are captured
 first (:class:`InputCapture`) and the pruned model's tap accumulates C_xy = sum x y^T beside C_yy.
 """
 
@@ -35,7 +36,7 @@ class InputCapture(LinearTap):
 
     def on_linear(self, reader: Reader, x: torch.Tensor, y: torch.Tensor) -> None:
         """Keep `x` (float64, tokens x n)."""
-        if self.full(x) and not reader.transposed:
+        if self.full(x):
             self.inputs[reader.name] = x.reshape(-1, x.shape[-1]).to(torch.float64)
 
 
@@ -50,7 +51,7 @@ class GramTap(LinearTap):
         self.train: dict[Key, Grams] = {}
         self.val: dict[Key, Grams] = {}
         self.alias: dict[Key, Key] = {}  # reader -> the reader whose Gram it shares
-        self.stored_in_out: set[Key] = set()  # readers applied as x @ W (an [experts, in, out] stack's slices)
+        self.stored_in_out: set[Key] = set()  # readers applied as x @ W (stored [in, out])
         self.start = 0
         self._seen: list[tuple[torch.Tensor, Key]] = []
 
@@ -63,9 +64,9 @@ class GramTap(LinearTap):
     def on_linear(self, reader: Reader, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add x x^T (or the dense-pruned cross sums) of this micro-batch."""
         key = (reader.name, reader.expert)
-        if key in self.alias or (reader.transposed and reader.expert is None):
-            return  # [in, out] weights that read every token (GPT-2 Conv1D) are not refit
-        if reader.transposed:
+        if key in self.alias:
+            return
+        if reader.transposed:  # applied as x @ W: GPT-2's Conv1D, the slices of [experts, in, out] stacks
             self.stored_in_out.add(key)
         full = self.full(x) and reader.expert is None  # expert slices see their routed tokens only
         name = reader.name

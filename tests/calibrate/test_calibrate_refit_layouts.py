@@ -1,6 +1,7 @@
-"""`run --refit` of expert slices: gpt-oss's [experts, in, out] stacks (applied as ``x @ W[e]``) and
-per-expert gate/up tensors that transformers fuses into one parameter (mixtral) are each the
-closed-form ridge optimum over the tokens routed to that expert in the dense model."""
+"""`run --refit` beyond plain [out, in] weights: gpt-oss's [experts, in, out] stacks (applied as
+``x @ W[e]``) and per-expert gate/up tensors that transformers fuses into one parameter (mixtral)
+are each the closed-form ridge optimum over the tokens routed to that expert in the dense model;
+GPT-2's Conv1D weights (stored [in, out]) are the ridge optimum over every token."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 import transformers
 from models_moe2026 import load as load_moe
-from safetensors import safe_open
+from models_moe2026 import mtp_tensors
 
 import prune_surgery as ps
 from models import load
@@ -27,11 +28,7 @@ def _spec(text, refit="oneshot", **sizes):
 
 
 def _tensor(folder, name):
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(shard), "pt") as f:
-            if name in f.keys():
-                return f.get_tensor(name).double()
-    raise KeyError(name)
+    return mtp_tensors(folder)[name].double()
 
 
 def _ridge(w, x, keep):
@@ -104,3 +101,38 @@ def test_fused_per_expert_gate_and_up_are_refit_each(tiny, text, tmp_path, mode)
             _close(_tensor(out, name), _ridge(_tensor(src, name), x, hidden))
     load(out)
     assert np.isfinite([v for v in record["lambda"].values()]).all()
+
+
+def test_conv1d_weights_stored_in_out_are_refit(tiny, text, tmp_path):
+    src, out = tiny["gpt2"], tmp_path / "out"
+    plan = ps.run(src, out, _spec(text, n_inner=160))
+    record = json.loads((out / "prune_surgery.json").read_text())["refit"]
+    ids = torch.from_numpy(calibration_windows(load_tokenizer(src), [text[0]], SAMPLES, SEQ).ids)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
+    seen = {}
+    for i, block in enumerate(model.transformer.h):
+        block.mlp.c_proj.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for i, block in enumerate(model.transformer.h):
+        name = f"transformer.h.{i}.mlp.c_proj.weight"
+        keep = torch.tensor(plan.keep["ffn"][str(i)])
+        w = block.mlp.c_proj.weight.detach().double()  # [ffn, hidden]: x @ W
+        alpha = record["lambda"].get(name)
+        if alpha is None:  # held-out error said plain slicing was better
+            _close(_tensor(out, name), w[keep])
+            continue
+        c = seen[i].double().T @ seen[i].double()
+        ckk = c[keep][:, keep]
+        expected = (w.T @ c[:, keep] @ torch.linalg.inv(ckk + alpha * ckk.diagonal().mean() * torch.eye(len(keep), dtype=torch.float64))).T
+        _close(_tensor(out, name), expected)
+    assert any(n.endswith("mlp.c_proj.weight") for n in record["lambda"]), record["lambda"]
+    load(out)
+
+
+def test_conv1d_weights_are_refit_in_sequential_mode_too(tiny, text, tmp_path):
+    """With hidden channels pruned the dense inputs of every Conv1D are paired with the pruned ones."""
+    ps.run(tiny["gpt2"], tmp_path / "out", _spec(text, "sequential", n_embd=48, n_head=6, n_inner=160))
+    record = json.loads((tmp_path / "out" / "prune_surgery.json").read_text())["refit"]
+    assert record["mode"] == "sequential" and record["tensors"] == 4 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    load(tmp_path / "out")
