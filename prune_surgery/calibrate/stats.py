@@ -1,8 +1,8 @@
 """Raw per-unit activation sums, recorded while a decoder layer runs its stock forward.
 
 Every ``F.linear``, ``addmm`` and matrix product inside the layer is seen by a torch function
-mode; when its weight is a reader of a prunable space (see :mod:`readers`), the input columns of each unit are summed in
-float64:
+mode; when its weight is a reader of a prunable space (see :mod:`readers`), the input columns of
+each unit are summed in float64:
 
 - ``abs``: sum over tokens of |x| (of the unit's L2 norm per token when a unit spans several
   columns, e.g. a head of ``head_dim`` columns), ``sq``: sum of x^2, ``win_sq``: sum over windows
@@ -12,12 +12,15 @@ float64:
 
 Global spaces (hidden) are recorded per layer and summed later.  Hidden channels are read only
 from readers that see every token of the micro-batch, once per distinct input tensor (q/k/v share
-one input), so the same activation is never counted twice.
+one input), so the same activation is never counted twice.  An expert slice's rows are matched
+to windows through the routing even when every token went to that expert: its rows are then in
+routing order, not token order, and its input still does not count for hidden.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -86,6 +89,7 @@ class LinearTap(TorchFunctionMode):
         if reader is None:
             return None
         base = weight._base if weight._base is not None else weight
+        # (a contracted length of 1 shows no stride: the call's own convention decides)
         if weight.stride(contracted) == base.stride(-1) and (weight.shape[contracted] > 1 or contracted == 1):
             return reader  # the parameter's last axis is the input: stored [out, in]
         return reader.as_stored_in_out() if reader.rows else None
