@@ -3,7 +3,10 @@
 The output is first streamed as usual (every tensor sliced from the source); then each tensor
 whose input axis lost units (``down_proj`` for ffn neurons, ``o_proj`` for heads, q/k/v/gate/up
 and routers for hidden channels, per expert too) gets the ridge least-squares values of
-:mod:`solve`, written over its bytes in place (same dtype and shape, so same offsets).
+:mod:`solve`, written over its bytes in place (same dtype and shape, so same offsets).  A weight
+applied as ``x @ W`` (stored [in, out]: GPT-2's Conv1D, the slices of gpt-oss's [experts, in,
+out] stacks) is solved on its axis -2; a stack is written whole, each kept expert's slice refit on
+its routed tokens (an expert no token reached keeps plain slicing).
 
 - ``oneshot``: one pass of the dense model; the pruned input is taken as the dense input's kept
   columns.
@@ -21,6 +24,7 @@ Only values change: shapes are the plan's, no tensor is added.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,13 +46,27 @@ _TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
 def refit_targets(plan: Plan) -> dict[str, TensorPlan]:
-    """Source tensor name -> its plan, for every 2-D tensor whose input axis is pruned."""
-    return {t.source.name: t for t in plan.tensors if len(t.index) == 2 and t.index[-1] is not None}
+    """Source tensor name -> its plan, for every 2-D weight or [experts, a, b] stack whose last two
+    axes lost units: which of the two is the input is seen when the layer runs (``F.linear`` of
+    [out, in] weights, ``x @ W`` of [in, out] ones: GPT-2's Conv1D, gpt-oss's stacks)."""
+    return {t.source.name: t for t in plan.tensors if len(t.index) in (2, 3) and any(i is not None for i in t.index[-2:])}
 
 
-def _param_weight(engine: LayerwiseModel, reader: Reader) -> torch.Tensor:
+def _source_weight(engine: LayerwiseModel, reader: Reader, name: str, stacked: bool) -> torch.Tensor:
+    """Checkpoint tensor `name` as the layer holds it (one expert's slice of a stack), float64.
+
+    A tensor the model fuses with others (per-expert gate and up in one parameter) is read from
+    the checkpoint itself."""
     param = engine.model.get_parameter(reader.param)
-    return (param[reader.expert] if reader.expert is not None else param).detach().to(torch.float64)
+    value = param[reader.expert] if reader.expert is not None else param
+    shape = engine.ckpt.tensors[name].shape
+    if tuple(value.shape) != tuple(shape[1:] if stacked else shape):
+        value = engine._read([name])[name]
+    return value.detach().to(torch.float64)
+
+
+def _index(kept: Any) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(kept, dtype=np.int64))
 
 
 class _Writer:
@@ -75,21 +93,45 @@ def _solve_layer(engine: LayerwiseModel, readers: dict[Any, Reader], tap: GramTa
                  alpha_default: float | None) -> dict[str, tuple[TensorPlan, Refit]]:
     solved: dict[str, tuple[TensorPlan, Refit]] = {}
     for reader in readers.values():
-        tp = targets.get(reader.name)
-        if tp is None:
-            continue
-        train, val = tap.grams(reader.name)
+        train, val = tap.grams((reader.name, reader.expert))
         if train is None:
             continue
-        weight = _param_weight(engine, reader)
-        if tp.index[0] is not None:
-            weight = weight[torch.from_numpy(np.asarray(tp.index[0], dtype=np.int64))]
-        keep = torch.from_numpy(np.asarray(tp.index[-1], dtype=np.int64))
-        result = refit_weight(weight, keep, train, val, tp.source.name, alpha_default)
-        if tp.rescale:
-            result.weight = result.weight * tp.rescale
-        solved[tp.out.name] = (tp, result)
+        for name in reader.names or (reader.name,):
+            tp = targets.get(name)
+            stacked = tp is not None and len(tp.index) == 3
+            if tp is None or (stacked and tp.index[0] is not None and reader.expert not in tp.index[0]):
+                continue  # not pruned, or an expert that was dropped
+            in_out = (reader.name, reader.expert) in tap.stored_in_out
+            rows, cols = tp.index[-2:] if not in_out else tp.index[:-3:-1]  # (output, input) axes
+            if cols is None:
+                continue  # the input axis kept every unit
+            weight = _source_weight(engine, reader, name, stacked)
+            weight = weight.T if in_out else weight
+            result = refit_weight(weight if rows is None else weight[_index(rows)], _index(cols), train, val, name, alpha_default)
+            if tp.rescale:
+                result.weight = result.weight * tp.rescale
+            if in_out:
+                result.weight = result.weight.T
+            if stacked:
+                _place(engine, reader, tp, result, solved)
+            else:
+                solved[tp.out.name] = (tp, result)
     return solved
+
+
+def _place(engine: LayerwiseModel, reader: Reader, tp: TensorPlan, result: Refit,
+           solved: dict[str, tuple[TensorPlan, Refit]]) -> None:
+    """Put one expert's refit slice into its stack (started as the plain slicing of the source)."""
+    if tp.out.name not in solved:
+        plain = engine.model.get_parameter(reader.param).detach().to(torch.float64)
+        for axis, kept in enumerate(tp.index):
+            if kept is not None:
+                plain = plain.index_select(axis, _index(kept))
+        solved[tp.out.name] = (tp, Refit(plain * tp.rescale if tp.rescale else plain, result.alpha, float("nan")))
+    experts = tp.index[0] if tp.index[0] is not None else range(solved[tp.out.name][1].weight.shape[0])
+    if result.alpha is not None:
+        solved[tp.out.name][1].weight[list(experts).index(reader.expert)] = result.weight
+        solved[tp.out.name][1].alpha = result.alpha
 
 
 def _oneshot_layer(dense: LayerwiseModel, index: int, readers: dict[Any, Reader], hidden: torch.Tensor, micro: int,
@@ -152,7 +194,7 @@ def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mo
             capture = InputCapture(readers, {})
             # expert slices see different routed tokens in the two models: refit them one-shot
             experts = GramTap({k: r for k, r in readers.items() if r.expert is not None}, {})
-            tap = GramTap({k: Reader(r.param, r.expert, r.segments, r.writes_hidden, r.layer, out_to_source[r.name])
+            tap = GramTap({k: replace(r, name=out_to_source[r.name], names=tuple(out_to_source[n] for n in r.names))
                            for k, r in mine.items() if r.expert is None}, {}, capture)
             with dense.resident(index), pruned.resident(j):
                 capture.params = experts.params = dense.layer_params(index)
@@ -186,12 +228,16 @@ def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mo
 
 def _install(pruned: LayerwiseModel, readers: dict[Any, Reader], out_to_source: dict[str, str],
              solved: dict[str, tuple[TensorPlan, Refit]]) -> None:
-    """Put refit values into the resident pruned layer, so the next layer sees their effect."""
+    """Put refit values into the resident pruned layer, so the next layer sees their effect.
+
+    A tensor the model fuses with others (per-expert gate and up) keeps its sliced values there."""
     for reader in readers.values():
         done = solved.get(reader.name)
         if done is None or done[1].alpha is None:
             continue
         param = pruned.model.get_parameter(reader.param)
-        target = param[reader.expert] if reader.expert is not None else param
-        with torch.no_grad():
-            target.copy_(done[1].weight.to(target.dtype))
+        value = done[1].weight
+        target = param[reader.expert] if reader.expert is not None and value.dim() < param.dim() else param
+        if tuple(target.shape) == tuple(value.shape):
+            with torch.no_grad():
+                target.copy_(value.to(target.dtype))

@@ -3,7 +3,8 @@
 Each reader's full input is split by window into a training and a held-out part (every
 ``VAL_EVERY``-th window is held out, for the choice of lambda).  Readers that receive the same
 input tensor (q/k/v, gate/up) share one Gram.  Expert slices see only their routed tokens and
-are not split.  In sequential mode the dense model's inputs of the same tokens are captured
+are not split.  Weights stored [in, out] (GPT-2's Conv1D, the slices of [experts, in, out]
+stacks, applied as ``x @ W``) are marked, so their input axis is solved as axis -2.  In sequential mode the dense model's inputs of the same tokens are captured
 first (:class:`InputCapture`) and the pruned model's tap accumulates C_xy = sum x y^T beside C_yy.
 """
 
@@ -16,6 +17,7 @@ from ..calibrate.stats import LinearTap, same_input
 from .solve import Grams
 
 VAL_EVERY = 5
+Key = tuple[str, int | None]  # a reader: (checkpoint tensor name, expert index or None)
 
 
 def _window_split(n_rows: int, batch: int, start: int, device: torch.device) -> torch.Tensor:
@@ -34,23 +36,24 @@ class InputCapture(LinearTap):
 
     def on_linear(self, reader: Reader, x: torch.Tensor, y: torch.Tensor) -> None:
         """Keep `x` (float64, tokens x n)."""
-        if self.full(x) and not reader.transposed:
+        if self.full(x):
             self.inputs[reader.name] = x.reshape(-1, x.shape[-1]).to(torch.float64)
 
 
 class GramTap(LinearTap):
-    """Accumulates the Grams of every reader of one layer, keyed by checkpoint tensor name."""
+    """Accumulates the Grams of every reader of one layer, keyed by (tensor name, expert)."""
 
     def __init__(self, readers: dict[tuple[str, int | None], Reader], params: dict[int, str],
                  dense: InputCapture | None = None, dense_name: dict[str, str] | None = None) -> None:
         super().__init__(readers, params)
         self.dense = dense
         self.dense_name = dense_name or {}  # this model's tensor name -> the dense model's
-        self.train: dict[str, Grams] = {}
-        self.val: dict[str, Grams] = {}
-        self.alias: dict[str, str] = {}  # reader -> the reader whose Gram it shares
+        self.train: dict[Key, Grams] = {}
+        self.val: dict[Key, Grams] = {}
+        self.alias: dict[Key, Key] = {}  # reader -> the reader whose Gram it shares
+        self.stored_in_out: set[Key] = set()  # readers applied as x @ W (stored [in, out])
         self.start = 0
-        self._seen: list[tuple[torch.Tensor, str]] = []
+        self._seen: list[tuple[torch.Tensor, Key]] = []
 
     def begin(self, start: int, batch: int, seq: int) -> None:
         """Micro-batch of windows start..start+batch enters."""
@@ -60,27 +63,30 @@ class GramTap(LinearTap):
 
     def on_linear(self, reader: Reader, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add x x^T (or the dense-pruned cross sums) of this micro-batch."""
-        name = reader.name
-        if name in self.alias or reader.transposed:  # [in, out] weights (GPT-2 Conv1D) are not refit
+        key = (reader.name, reader.expert)
+        if key in self.alias:
             return
-        full = self.full(x)
+        if reader.transposed:  # applied as x @ W: GPT-2's Conv1D, the slices of [experts, in, out] stacks
+            self.stored_in_out.add(key)
+        full = self.full(x) and reader.expert is None  # expert slices see their routed tokens only
+        name = reader.name
         pair = self.dense.inputs.get(self.dense_name.get(name, name)) if self.dense is not None and full else None
         for seen, owner in self._seen:  # q/k/v (gate/up) read one tensor: one Gram serves them all
-            if same_input(x, [seen]) and owner not in self.alias and name not in self.train:
-                self.alias[name] = owner
+            if same_input(x, [seen]) and owner not in self.alias and key not in self.train:
+                self.alias[key] = owner
                 return
-        self._seen.append((x, name))
+        self._seen.append((x, key))
         rows = x.reshape(-1, x.shape[-1]).to(torch.float64)
         if not full:
-            self._add(self.train, name, rows, None)
+            self._add(self.train, key, rows, None)
             return
         held = _window_split(rows.shape[0], self.batch_shape[0], self.start, rows.device)
         for target, mask in ((self.train, ~held), (self.val, held)):
             if bool(mask.any()):
-                self._add(target, name, rows[mask], None if pair is None else pair[mask])
+                self._add(target, key, rows[mask], None if pair is None else pair[mask])
 
     @staticmethod
-    def _add(target: dict[str, Grams], name: str, y: torch.Tensor, x: torch.Tensor | None) -> None:
+    def _add(target: dict[Key, Grams], name: Key, y: torch.Tensor, x: torch.Tensor | None) -> None:
         yy = (y.T @ y).cpu()
         xy = None if x is None else (x.T @ y).cpu()
         if name not in target:
@@ -92,7 +98,7 @@ class GramTap(LinearTap):
             grams.xy += xy
         grams.tokens += y.shape[0]
 
-    def grams(self, name: str) -> tuple[Grams | None, Grams | None]:
-        """(train, held-out) Grams of a reader (shared ones resolved)."""
-        owner = self.alias.get(name, name)
+    def grams(self, key: Key) -> tuple[Grams | None, Grams | None]:
+        """(train, held-out) Grams of the reader (tensor name, expert) (shared ones resolved)."""
+        owner = self.alias.get(key, key)
         return self.train.get(owner), self.val.get(owner)

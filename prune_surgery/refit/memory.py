@@ -1,8 +1,9 @@
 """The peak memory of a refit, known at plan time (numpy only).
 
 Per layer the Grams of every reader group live together (float64, a training and a held-out
-copy; sequential mode adds the dense x pruned cross sums), beside the layer's weights in float32
-(two layers in sequential mode) and the residual streams of the calibration windows.  The
+copy; sequential mode adds the dense x pruned cross sums; an expert stack has one per kept
+expert), beside the layer's weights in float32 (two layers in sequential mode) and the residual
+streams of the calibration windows.  The
 solve of the largest reader adds its kept Gram and a Cholesky factor.  The plan refuses a refit
 whose peak exceeds the memory this machine has available.
 """
@@ -39,12 +40,25 @@ def refit_peak(plan: Any, windows: int, seq_len: int, mode: str) -> int:
     grams: dict[int, int] = {}
     solve = 0
     for t in plan.tensors:
-        if len(t.index) != 2 or t.index[-1] is None or t.source.name not in layer_of:
+        if t.source.name not in layer_of:
             continue
-        n, kept = t.source.shape[-1], len(t.index[-1])
-        size = (kept * kept + n * kept if mode == "sequential" else n * n) * 8 * 2
+        if len(t.index) == 2 and any(i is not None for i in t.index):
+            axis = -1 if t.index[-1] is not None else 0  # axis 0: the input of a weight stored [in, out]
+            n, kept = t.source.shape[axis], len(t.index[axis])
+            size = (kept * kept + n * kept if mode == "sequential" else n * n) * 8 * 2
+            rows = t.source.shape[1 + axis]
+        elif len(t.index) == 3 and any(i is not None for i in t.index[1:]):
+            # an [experts, a, b] stack: one training Gram per kept expert over its input, a or b,
+            # and the whole stack in float64 while its slices are placed
+            n = max(t.source.shape[1:])
+            kept = n
+            experts = len(t.index[0]) if t.index[0] is not None else t.source.shape[0]
+            size = experts * n * n * 8 + t.source.numel * 8
+            rows = n
+        else:
+            continue
         grams[layer_of[t.source.name]] = grams.get(layer_of[t.source.name], 0) + size
-        solve = max(solve, 2 * kept * kept * 8 + t.source.shape[0] * n * 8)
+        solve = max(solve, 2 * kept * kept * 8 + rows * n * 8)
     if not grams:
         return 0
     hidden = plan.sizes["hidden"]

@@ -20,13 +20,7 @@ def _windows(src, text):
     return torch.from_numpy(calibration_windows(load_tokenizer(src), [text[0]], SAMPLES, SEQ).ids)
 
 
-KNOWN = {
-    "gpt_oss": "gpt-oss experts are [E, in, out] and applied by matmul, which the F.linear/addmm tap does not see yet",
-}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN[n], strict=True)) if n in KNOWN else n
-                                  for n in sorted(TINY)])
+@pytest.mark.parametrize("name", sorted(TINY))
 def test_streamed_statistics_equal_whole_model_hooks(tiny, text, tmp_path, name):
     src = tiny[name]
     scores = calibrate(src, [text[0]], tmp_path / "s.safetensors", samples=SAMPLES, seq_len=SEQ, micro=MICRO)
