@@ -12,6 +12,7 @@ TINY = {name: (models.build, name) for name in models.FAMILIES} | {
     name: (models_families.build, name) for name in models_families.FAMILIES}
 TINY["llama_tied"] = (models.build, "llama")
 TINY["gemma4"] = (lambda path, family, **extra: models_gemma4.build_gemma4(path, "dense"), "gemma4")
+TINY["gemma4_moe"] = (lambda path, family, **extra: models_gemma4.build_gemma4(path, "moe"), "gemma4")
 TINY.update({name: (models_moe2026.build, name) for name in models_moe2026.FAMILIES})
 # the Hub layout of Qwen3.5-MoE: experts as [experts, out, in] stacks in the checkpoint itself
 TINY["qwen3_5_moe_fused"] = (lambda path, family, **extra: models_moe2026.fuse_experts(
