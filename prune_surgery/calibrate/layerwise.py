@@ -30,6 +30,7 @@ import torch
 
 from ..api import Source
 from ..errors import ArchitectureError, CheckpointError
+from .modelclass import build_on_meta, decoder_layers, on_text_path, text_path
 
 
 def param_namer(model: torch.nn.Module) -> Callable[[str], str]:
@@ -113,8 +114,6 @@ class LayerwiseModel:
     """A checkpoint executed layer by layer with `transformers` modules."""
 
     def __init__(self, source: Source, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
-        import transformers
-        from accelerate import init_empty_weights
         from transformers.conversion_mapping import get_model_conversion_mapping
 
         root = source.local_root
@@ -123,13 +122,7 @@ class LayerwiseModel:
         _quiet_transformers()
         self.source, self.arch, self.ckpt = source, source.arch, source.checkpoint
         self.dtype, self.device = dtype, torch.device(device)
-        try:
-            config = transformers.AutoConfig.from_pretrained(str(root))
-            with init_empty_weights(include_buffers=False):
-                self.model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ArchitectureError(f"transformers cannot build {config.model_type if 'config' in dir() else 'this model'} "
-                                    f"from its config ({str(exc).splitlines()[0]}); calibration needs a model transformers can run") from None
+        self.model = build_on_meta(Path(root), dtype)
         self.model.eval()
         eager_experts(self.model)
         for owner in self.model.modules():  # buffers (rotary frequencies, scales) live on the device
@@ -147,7 +140,8 @@ class LayerwiseModel:
             self.params.setdefault(self.to_param(name), []).append(name)
             if "layer" in claim[1]:
                 self.layer_of[name] = claim[1]["layer"]
-        self.layers = self._layer_list()
+        self.layers_path, self.layers = decoder_layers(self.model, self.arch, self.ckpt, self.to_param)
+        self.text_path = text_path(self.model, self.layers_path)
         self._handles: dict[str, Any] = {}
         self._mode = "embed"
         self._captured: dict[tuple[int, ...], list[tuple[tuple, dict]]] = {}
@@ -158,17 +152,6 @@ class LayerwiseModel:
     def to_param(self, name: str) -> str:
         """The model parameter a checkpoint tensor is loaded into (transformers' renaming rules)."""
         return self._to_param(name)
-
-    def _layer_list(self) -> torch.nn.ModuleList:
-        prefixes = {r.template.split("{layer}")[0].rstrip(".") for r in self.arch.roles.values() if "{layer}" in r.template}
-        for prefix in sorted(prefixes):
-            for candidate in (prefix, prefix.split(".", 1)[-1]):
-                with contextlib.suppress(AttributeError):
-                    module = self.model.get_submodule(candidate)
-                    if isinstance(module, torch.nn.ModuleList):
-                        return module
-        raise ArchitectureError(f"cannot find the decoder layers of {self.arch.family} in the transformers model "
-                                f"(looked for {', '.join(sorted(prefixes))}); the table and the model disagree")
 
     @property
     def num_layers(self) -> int:
@@ -181,10 +164,7 @@ class LayerwiseModel:
         return {id(p): f"{prefix}.{n}" for n, p in self.layers[index].named_parameters()}
 
     def _layer_prefix(self, index: int) -> str:
-        for name, module in self.model.named_modules():
-            if module is self.layers[index]:
-                return name
-        raise ArchitectureError(f"decoder layer {index} is not part of the model")
+        return f"{self.layers_path}.{index}"
 
     # -- weights -----------------------------------------------------------------------------
     def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
@@ -223,12 +203,14 @@ class LayerwiseModel:
                 self._tied(module, name, full)
 
     def _tied(self, module: torch.nn.Module, name: str, full: str) -> None:
-        claim = self.arch.match(full) if full not in self.params else None
-        role = claim[0] if claim else None
-        source = self.arch.roles.get(role.tied_to) if role is not None and role.tied_to else None
-        if source is None or source.template not in self.ckpt.tensors:
+        """Fill parameter `full`, which the checkpoint does not hold, from the tensor its role is tied to
+        (the table's `tied_to`; the role found through transformers' renaming of its template)."""
+        tied = {r.tied_to for r in (*self.arch.roles.values(), *self.arch.alias_roles)
+                if r.tied_to and not r.placeholders and full in (r.template, self.to_param(r.template))}
+        stored = [t for t in self.ckpt.tensors if (c := self.arch.match(t)) is not None and c[0].role in tied]
+        if not stored:
             raise CheckpointError(f"the checkpoint holds no tensor for parameter {full}; it cannot run")
-        value = self._read([source.template])[source.template].to(self.device, self.dtype)
+        value = self._read(stored[:1])[stored[0]].to(self.device, self.dtype)
         owner, _, leaf = name.rpartition(".")
         setattr(module.get_submodule(owner) if owner else module, leaf, torch.nn.Parameter(value, requires_grad=False))
 
@@ -249,7 +231,10 @@ class LayerwiseModel:
 
     @contextlib.contextmanager
     def _outer_lazy(self) -> Iterator[None]:
-        """Materialize non-layer modules (embedding, final norm, lm_head) when the forward calls them."""
+        """Materialize non-layer modules (embedding, final norm, lm_head) when the forward calls them.
+
+        Only modules on the text path load; a forward that reaches another (a vision tower) is refused.
+        """
         layer_ids = {id(m) for layer in self.layers for m in layer.modules()}
         hooks, loaded = [], []
         for name, module in self.model.named_modules():
@@ -258,6 +243,9 @@ class LayerwiseModel:
 
             def pre(mod: torch.nn.Module, args: Any, _name: str = name) -> None:
                 if any(p.is_meta for p in mod.parameters(recurse=False)):
+                    if not on_text_path(_name, self.text_path):
+                        raise ArchitectureError(f"the text-only forward reached {_name}, outside the language model "
+                                                f"({', '.join(self.text_path)}); it stays unloaded, so this model cannot run layer by layer")
                     self.materialize(mod, _name)
                     loaded.append(mod)
 

@@ -12,3 +12,8 @@ TINY = {name: (models.build, name) for name in models.FAMILIES} | {
 TINY["llama_tied"] = (models.build, "llama")
 TINY["gemma4"] = (lambda path, family, **extra: models_families_2026.build_gemma4(path, "dense"), "gemma4")
 TINY.update({name: (models_moe2026.build, name) for name in models_moe2026.FAMILIES})
+
+#: the vision-language tables: their language model, run by the image-text class on text only
+VLM = {"gemma3_vlm": "gemma3", "mistral3_vlm": "mistral3", "qwen3_5_vlm": "qwen3_5"}
+TINY.update({name: (lambda path, family, _kind=kind, **extra: models_families_2026.build_vlm(path, _kind), name)
+             for name, kind in VLM.items()})
