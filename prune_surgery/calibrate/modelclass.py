@@ -1,4 +1,5 @@
-"""Which `transformers` class runs a checkpoint, and where its language model lives in it.
+"""Which `transformers` class runs a checkpoint, how its tensor names map onto the model's
+parameters, and where its language model lives in it.
 
 A text checkpoint runs as its causal-LM class; a vision-language checkpoint as the class its
 config names (``architectures``: ``...ForConditionalGeneration``, the image-text-to-text class)
@@ -26,6 +27,36 @@ from ..errors import ArchitectureError
 
 #: the auto classes whose models produce next-token logits, tried in this order
 GENERATIVE = ("AutoModelForCausalLM", "AutoModelForImageTextToText")
+
+
+def param_namer(model: torch.nn.Module) -> Callable[[str], str]:
+    """A function from checkpoint tensor names to the `model` parameters they load into.
+
+    It applies `transformers`' own renaming and conversion rules (per-expert tensors land in
+    fused 3-D parameters); a name they leave alone maps to itself.
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    mapping = get_model_conversion_mapping(model)
+    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    state = model.state_dict()
+    prefix = getattr(model, "base_model_prefix", "")
+
+    def name_of(name: str) -> str:
+        renamed, _ = rename_source_key(name, renamings, converters, prefix, state)
+        return renamed if renamed in state else name
+
+    return name_of
+
+
+def eager_experts(model: torch.nn.Module) -> None:
+    """Run fused experts one by one (``eager``): each expert's slice then goes through ``F.linear``,
+    where its statistics are read.  Models without fused experts are left alone."""
+    can = getattr(type(model), "_can_set_experts_implementation", None)
+    if can is not None and can():
+        model.set_experts_implementation("eager")
 
 
 def model_class(config: Any) -> type:

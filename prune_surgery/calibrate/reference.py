@@ -20,8 +20,7 @@ import torch
 
 from ..api import open_source
 from ..sizes import source_sizes
-from .layerwise import eager_experts, param_namer
-from .modelclass import load_whole
+from .modelclass import eager_experts, load_whole, param_namer
 from .readers import layer_readers
 from .stats import LayerRecorder, Stats, new_stats, same_input
 

@@ -11,6 +11,8 @@ TINY = {name: (models.build, name) for name in models.FAMILIES} | {
     name: (models_families.build, name) for name in models_families.FAMILIES}
 TINY["llama_tied"] = (models.build, "llama")
 TINY["gemma4"] = (lambda path, family, **extra: models_families_2026.build_gemma4(path, "dense"), "gemma4")
+#: E2B-style: per-layer input embeddings (they depend on the tokens) and KV sharing (state carried between layers)
+TINY["gemma4_ple"] = (lambda path, family, **extra: models_families_2026.build_gemma4(path, "ple_shared"), "gemma4")
 TINY.update({name: (models_moe2026.build, name) for name in models_moe2026.FAMILIES})
 
 #: the vision-language tables: their language model, run by the image-text class on text only
