@@ -1,20 +1,25 @@
 """Run a checkpoint through stock `transformers` modules one decoder layer at a time.
 
-The model is built from its config with every parameter on the ``meta`` device (no memory).
+The model (the class `transformers` runs the checkpoint with: a causal LM, or a VLM's image-text
+class given text only) is built from its config with every parameter on the ``meta`` device.
 Resident at any time: one decoder layer's weights (read from the memory-mapped shards through
 `transformers`' own weight conversions, so fused expert tensors load as they do in
 ``from_pretrained``), the residual stream of every window, and one micro-batch of temporaries.
 
 1. **embed**: the model's own forward runs with each decoder layer replaced by a recorder that
-   keeps the arguments the model passes it (masks, position embeddings: they depend only on the
-   window shape) and stops after the last; the first recorder's input is the embedded stream.
+   keeps the arguments the model passes it for each micro-batch (masks and position embeddings
+   depend on the window shape only and are kept once; per-layer input embeddings or a KV-sharing
+   dict are the micro-batch's own) and stops after the last; the first recorder's input is the
+   embedded stream.
 2. **layers**: each layer is materialized, every micro-batch goes through its stock forward with
-   the recorded arguments, and the layer goes back to ``meta``.
-3. **head**: the model's forward runs again with layers replaced by injectors that return the
-   final stream, a chunk of tokens at a time, so the model's own final norm, lm_head and logit
-   soft-capping produce the logits; never [tokens x vocab] at once.
+   its recorded arguments, and the layer goes back to ``meta``.
+3. **head**: the model's forward runs again on token ids 0, its embedding tables empty (zeros,
+   never loaded) and its layers replaced by injectors that return the final stream, a chunk of
+   tokens at a time, so the model's own final norm, lm_head and logit soft-capping produce the
+   logits; never [tokens x vocab] at once.
 
-The decoder layer list is found from the table (the template prefix before ``{layer}``); no
+The decoder layer list is where `transformers`' key renaming puts the table's ``{layer}`` tensors
+(:mod:`modelclass`); only the text path loads besides it (a vision tower stays on ``meta``); no
 family is named here.
 """
 
