@@ -173,6 +173,30 @@ def build_vlm(path: Path, kind: str = "gemma3", seed: int = 0) -> Path:
     return path
 
 
+def gemma3_in_memory_layout(src: Path, dst: Path) -> Path:
+    """A copy of a Gemma 3 VLM saved under the in-memory names (`model.language_model.*`,
+    `model.vision_tower.*`, `model.multi_modal_projector.*`, `lm_head.*`)."""
+    import json
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dst)
+    moves = {"language_model.model.": "model.language_model.", "vision_tower.": "model.vision_tower.",
+             "multi_modal_projector.": "model.multi_modal_projector.", "language_model.lm_head.": "lm_head."}
+
+    def moved(key: str) -> str:
+        old = next((o for o in moves if key.startswith(o)), "")
+        return moves[old] + key[len(old):] if old else key
+
+    for shard in dst.glob("*.safetensors"):
+        save_file({moved(k): v for k, v in load_file(shard).items()}, str(shard), metadata={"format": "pt"})
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    index["weight_map"] = {moved(k): v for k, v in index["weight_map"].items()}
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index))
+    return dst
+
+
 def load_vlm(path: Path) -> torch.nn.Module:
     """Load a VLM with transformers, asserting no missing or unexpected keys."""
     import transformers

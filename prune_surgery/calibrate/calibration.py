@@ -120,9 +120,7 @@ def calibrate(src: str | Path, data: Sequence[str | Path], out: str | Path, *, t
     else:
         start_layer, hidden, last, stats, influence = state
         hidden = hidden.to(device)
-        engine.embed(ids[:micro], micro)  # the layers' arguments for each micro-batch shape
-        if n % micro:
-            engine.embed(ids[-(n % micro):], micro)
+        engine.record(ids, micro)  # the layers' arguments for each micro-batch
     partial.mkdir(parents=True, exist_ok=True)
     clock = time.monotonic()
     space = expert_space(source.arch)

@@ -1,6 +1,7 @@
 """The in-memory reference: the whole `transformers` model loaded, statistics read by module hooks.
 
-This is how Minitron-style tools calibrate (the model resident, hooks on its linear layers). It
+The model is the class `transformers` runs the checkpoint with (a VLM's image-text class, given
+text only).  This is how Minitron-style tools calibrate (the model resident, hooks on its linear layers). It
 serves as the oracle of the streamed engine in the tests and as the bench's reference run.  It
 shares no forward code with :mod:`layerwise`: the model runs its own ``forward`` on each
 micro-batch and plain forward pre-hooks on the reader modules sum the same statistics.  Readers
@@ -20,7 +21,7 @@ import torch
 
 from ..api import open_source
 from ..sizes import source_sizes
-from .layerwise import eager_experts, param_namer
+from .modelclass import eager_experts, load_whole, param_namer
 from .readers import expert_space, layer_readers
 from .reference_experts import ExpertReference, hook_routing
 from .stats import Stats, new_stats, same_input
@@ -36,10 +37,8 @@ def _plain_stats(x: torch.Tensor, units: int, width: int) -> dict[str, torch.Ten
 
 def inmemory_stats(src: str | Path, ids: torch.Tensor, micro: int, dtype: torch.dtype = torch.float32) -> tuple[Stats, Any]:
     """Statistics of windows `ids` [N, T] from the whole model held in memory, and the model."""
-    import transformers
-
     source = open_source(src)
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(source.local_root), dtype=dtype).eval()
+    model = load_whole(Path(str(source.local_root)), dtype)
     eager_experts(model)
     sizes = source_sizes(source.arch, source.checkpoint.config)
     readers = layer_readers(source.checkpoint, source.arch, sizes, param_namer(model))

@@ -143,7 +143,7 @@ def _oneshot_layer(dense: LayerwiseModel, index: int, readers: dict[Any, Reader]
         for start in range(0, hidden.shape[0], micro):
             tap.begin(start, *hidden[start : start + micro].shape[:2])
             with tap:
-                hidden[start : start + micro] = dense.forward(index, hidden[start : start + micro])
+                hidden[start : start + micro] = dense.forward(index, hidden[start : start + micro], start)
         return _solve_layer(dense, readers, tap, targets, None) if readers else {}
 
 
@@ -184,7 +184,7 @@ def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mo
             with pruned.resident(j):
                 _install(pruned, pruned_readers.get(j, {}), out_to_source, solved)
                 for start in range(0, ids.shape[0], micro):
-                    h_pruned[start : start + micro] = pruned.forward(j, h_pruned[start : start + micro])
+                    h_pruned[start : start + micro] = pruned.forward(j, h_pruned[start : start + micro], start)
         elif mode == "oneshot" or index not in kept_layers:
             solved = _oneshot_layer(dense, index, readers, h_dense, micro, targets)
         else:
@@ -204,16 +204,16 @@ def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mo
                     capture.start_batch(*d_in.shape[:2])
                     experts.begin(start, *d_in.shape[:2])
                     with capture, experts:
-                        h_dense[start : start + micro] = dense.forward(index, d_in)
+                        h_dense[start : start + micro] = dense.forward(index, d_in, start)
                     tap.begin(start, *p_in.shape[:2])
                     with tap:
-                        pruned.forward(j, p_in)
+                        pruned.forward(j, p_in, start)
                 solved = _solve_layer(dense, readers, tap, targets, None)
                 solved.update(_solve_layer(dense, {k: r for k, r in readers.items() if r.expert is not None},
                                            experts, targets, None))
                 _install(pruned, mine, out_to_source, solved)
                 for start in range(0, ids.shape[0], micro):
-                    h_pruned[start : start + micro] = pruned.forward(j, h_pruned[start : start + micro])
+                    h_pruned[start : start + micro] = pruned.forward(j, h_pruned[start : start + micro], start)
         for name, (tp, result) in solved.items():
             record["tensors"] += 1
             if result.alpha is None:

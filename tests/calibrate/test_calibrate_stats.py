@@ -49,6 +49,16 @@ def test_streamed_statistics_equal_whole_model_hooks(tiny, text, tmp_path, name)
     assert scores.tables["layers/all/tokens"].tolist() == [SAMPLES * SEQ] * n
 
 
+def test_micro_batches_of_one_shape_keep_their_own_arguments(tiny, text, tmp_path):
+    """Three micro-batches of one shape: each has its own per-layer inputs and KV sharing state."""
+    src = tiny["gemma4_ple"]
+    scores = calibrate(src, [text[0]], tmp_path / "s.safetensors", samples=SAMPLES, seq_len=SEQ, micro=2)
+    ref = as_numpy(inmemory_stats(src, _windows(src, text), 2)[0])
+    assert set(ref) <= set(scores.tables)
+    for key, value in ref.items():
+        np.testing.assert_allclose(scores.tables[key], value, rtol=1e-5, atol=1e-9, err_msg=key)
+
+
 def test_provenance_and_tokens(tiny, text, tmp_path):
     scores = calibrate(tiny["llama"], [text[0]], tmp_path / "s.safetensors", samples=5, seq_len=12)
     p = scores.provenance
