@@ -6,36 +6,25 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from clitools import cli
+from activation_cut import calibrated_cut, top
 from models_gemma4 import masked_gemma4
 
-from models import keep_of, logits, sample_ids
-from prune_surgery.calibrate.calibration import calibrate
-from prune_surgery.calibrate.scorefile import load_scores
+from models import logits, sample_ids
 
 CUT = {"hidden-size": 48, "num-attention-heads": 4, "num-key-value-heads": 2, "num-experts": 3,
        "moe-intermediate-size": 16, "intermediate-size": 64}
 
 
-def _top(score: np.ndarray, k: int) -> list[int]:
-    return sorted(np.argsort(-score, kind="stable")[:k].tolist())
-
-
 def test_gemma4_moe_activation_cut_keeps_the_top_units_and_is_the_masked_original(tiny, text, tmp_path):
     src = tiny["gemma4_moe"]
-    scores_path = tmp_path / "scores.safetensors"
-    calibrate(src, [text[0]], scores_path, samples=8, seq_len=24)
-    flags = [a for k, v in CUT.items() for a in (f"--{k}", str(v))]
-    result = cli("run", str(src), str(tmp_path / "out"), *flags, "--method", "activation", "--scores", str(scores_path))
-    assert result.returncode == 0, result.stderr
-    scores, keep = load_scores(scores_path), keep_of(tmp_path / "out")
+    scores, keep = calibrated_cut(src, text[0], tmp_path / "out", CUT)
     layers = len(keep["experts"])
     for layer in range(layers):
-        assert keep["experts"][str(layer)] == _top(scores.tables[f"experts/{layer}/route_weight"], 3)
-        assert keep["moe_ffn"][str(layer)] == _top(np.sqrt(scores.tables[f"moe_ffn/{layer}/win_sq"]), 16)
-        assert keep["ffn"][str(layer)] == _top(np.sqrt(scores.tables[f"ffn/{layer}/win_sq"]), 64)
+        assert keep["experts"][str(layer)] == top(scores.tables[f"experts/{layer}/route_weight"], 3)
+        assert keep["moe_ffn"][str(layer)] == top(np.sqrt(scores.tables[f"moe_ffn/{layer}/win_sq"]), 16)
+        assert keep["ffn"][str(layer)] == top(np.sqrt(scores.tables[f"ffn/{layer}/win_sq"]), 64)
     hidden = sum(np.sqrt(scores.tables[f"hidden/{layer}/win_sq"]) for layer in range(layers))
-    assert keep["hidden"] == _top(hidden, 48)
+    assert keep["hidden"] == top(hidden, 48)
     ids = sample_ids()
     got = logits(_load(tmp_path / "out"), ids)
     expected = logits(masked_gemma4(src, keep), ids)

@@ -9,35 +9,26 @@ import shutil
 
 import numpy as np
 import torch
+from activation_cut import calibrated_cut, top
 from clitools import assert_clean_failure, cli
 from models_moe2026 import dequantize_mxfp4, load, masked_reference, quantize_mxfp4
 
-from models import keep_of, logits, sample_ids
+from models import logits, sample_ids
 from prune_surgery.calibrate.calibration import calibrate
-from prune_surgery.calibrate.scorefile import load_scores
 
 CUT = {"hidden-size": 48, "num-attention-heads": 4, "num-key-value-heads": 2, "num-experts": 3, "intermediate-size": 20}
 
 
-def _top(score, k):
-    return sorted(np.argsort(-score, kind="stable")[:k].tolist())
-
-
 def test_activation_cut_of_every_space_runs_end_to_end(tiny, text, tmp_path):
     src = tiny["gpt_oss"]
-    scores_path = tmp_path / "scores.safetensors"
-    calibrate(src, [text[0]], scores_path, samples=8, seq_len=24)
-    flags = [a for k, v in CUT.items() for a in (f"--{k}", str(v))]
-    result = cli("run", str(src), str(tmp_path / "out"), *flags, "--method", "activation", "--scores", str(scores_path))
-    assert result.returncode == 0, result.stderr
-    scores, keep = load_scores(scores_path), keep_of(tmp_path / "out")
+    scores, keep = calibrated_cut(src, text[0], tmp_path / "out", CUT)
     for layer in range(4):
         # ffn channels are shared by a layer's experts: ranked by the down_proj input of every expert
-        assert keep["ffn"][str(layer)] == _top(np.sqrt(scores.tables[f"ffn/{layer}/win_sq"]), 20)
-        assert keep["experts"][str(layer)] == _top(scores.tables[f"experts/{layer}/route_weight"], 3)
+        assert keep["ffn"][str(layer)] == top(np.sqrt(scores.tables[f"ffn/{layer}/win_sq"]), 20)
+        assert keep["experts"][str(layer)] == top(scores.tables[f"experts/{layer}/route_weight"], 3)
         assert scores.tables[f"experts/{layer}/tokens"].sum() == 8 * 24 * 2  # top-2 routing
     hidden = sum(np.sqrt(scores.tables[f"hidden/{layer}/win_sq"]) for layer in range(4))
-    assert keep["hidden"] == _top(hidden, 48)
+    assert keep["hidden"] == top(hidden, 48)
     # transformers loads it with no missing or unexpected keys, and it is the masked original
     ids = sample_ids()
     got = logits(load(tmp_path / "out"), ids)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from activation_cut import top
 from calibrate_families import VLM
 from clitools import cli
 from models import keep_of
@@ -82,7 +83,6 @@ def test_activation_cut_of_a_vlm_loads_and_is_exact(tiny, text, tmp_path, name):
     scores = calibrate(src, [text[0]], path, samples=8, seq_len=24)
     spec = ps.PruneSpec(sizes={**CUTS, **EXTRA.get(name, {})}, method="activation", scores=str(path))
     plan = ps.run(src, tmp_path / "out", spec)
-    top = lambda score, k: sorted(np.argsort(-score, kind="stable")[:k].tolist())
     influence = scores.tables["layers/all/influence"]
     assert plan.keep["layers"] == sorted(np.argsort(influence, kind="stable")[1:].tolist())  # the lowest block influence goes
     for layer in plan.keep["layers"]:
