@@ -13,7 +13,7 @@ TINY = {name: (models.build, name) for name in models.FAMILIES} | {
     name: (models_families.build, name) for name in models_families.FAMILIES}
 TINY["llama_tied"] = (models.build, "llama")
 TINY["gemma4"] = (lambda path, family, **extra: models_gemma4.build_gemma4(path, "dense"), "gemma4")
-TINY["gemma4_moe"] = (lambda path, family, **extra: models_gemma4.build_gemma4(path, "moe"), "gemma4")
+TINY["gemma4_moe"] = (lambda path, family, **extra: models_gemma4.build_gemma4(path, "moe"), "gemma4_moe")
 TINY.update({name: (models_moe2026.build, name) for name in models_moe2026.FAMILIES})
 # the Hub layout of Qwen3.5-MoE: experts as [experts, out, in] stacks in the checkpoint itself
 TINY["qwen3_5_moe_fused"] = (lambda path, family, **extra: models_moe2026.fuse_experts(
@@ -27,3 +27,4 @@ TINY.update({name: (lambda path, family, _kind=kind, **extra: models_families_20
              for name, kind in VLM.items()})
 TINY["qwen3_5_moe_vlm"] = (lambda path, family, **extra: models_qwen3_5_mtp.build_moe_vlm(path), "qwen3_5_moe_vlm")
 TINY["gemma4_moe_vlm"] = (lambda path, family, **extra: models_gemma4.build_gemma4_vlm(path, "moe"), "gemma4_moe_vlm")
+TINY["gemma4_vlm"] = (lambda path, family, **extra: models_gemma4.build_gemma4_vlm(path, "ple_shared"), "gemma4_vlm")
