@@ -54,7 +54,7 @@ def _ppl(path: Path, held: Path, a: argparse.Namespace) -> float:
 
 
 def _run(src: Path, spec: ps.PruneSpec, held: Path, a: argparse.Namespace) -> dict:
-    out = WORK / "out"
+    out = WORK / (f"out-{a.tag}" if a.tag else "out")
     t0 = time.perf_counter()
     plan = ps.run(src, out, spec, overwrite=True)
     run_s = time.perf_counter() - t0
@@ -71,8 +71,9 @@ def _run(src: Path, spec: ps.PruneSpec, held: Path, a: argparse.Namespace) -> di
 def _spec(sizes: dict, mode: str, scores: Path, calib: Path, a: argparse.Namespace) -> ps.PruneSpec:
     """A spec file's fields: activation ranking from `scores`, refit (`mode`) on the calibration windows."""
     options: dict = {**sizes, "method": "activation", "scores": str(scores)}
-    if mode != "activation":
-        options.update(refit=mode, calibration=[str(calib)], calibration_samples=a.samples, calibration_seq_len=a.seq_len)
+    if mode != "activation":  # the scores file is given: calibration windows are those of the refit only
+        options.update(refit=mode, calibration=[str(calib)], calibration_samples=a.refit_samples,
+                       calibration_seq_len=a.refit_seq_len)
     return ps.spec_from_dict(options)
 
 
@@ -80,15 +81,30 @@ def _depth_spec(layers: int, rule: str, scores: Path, calib: Path, a: argparse.N
     options: dict = {"num_hidden_layers": layers}
     if rule != "middle-out":
         options.update(method="activation", scores=str(scores), depth=rule)
-    if rule == "ppl":
-        options.update(calibration=[str(calib)], calibration_samples=a.samples, calibration_seq_len=a.seq_len)
+    if rule == "ppl":  # greedy on a small split: every candidate's stream is resident and advanced
+        options.update(calibration=[str(calib)], calibration_samples=a.ppl_samples, calibration_seq_len=a.ppl_seq_len)
     return ps.spec_from_dict(options)
 
 
 def _save(results: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "refit.json").write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / "refit.md").write_text(markdown(results))
+    tag = results["args"].get("tag")
+    (RESULTS / (f"refit-{tag}.json" if tag else "refit.json")).write_text(json.dumps(results, indent=1) + "\n")
+    if not tag:
+        (RESULTS / "refit.md").write_text(markdown(results))
+
+
+def merge(results: dict, tags: list[str]) -> None:
+    """Rows of the partial runs ``--tag T`` (run side by side) into the report."""
+    for tag in tags:
+        part = json.loads((RESULTS / f"refit-{tag}.json").read_text())
+        for key in ("cuts", "depth"):
+            for label, row in part[key].items():
+                results[key].setdefault(label, {}).update(row)
+        for key in ("dense", "calibrate_s"):
+            results.setdefault(key, part.get(key))
+        results["total_s"] = max(results.get("total_s", 0), part.get("total_s", 0))
+        results.setdefault("parts", []).append(part["command"])
 
 
 def bench(a: argparse.Namespace, results: dict) -> None:
@@ -108,16 +124,16 @@ def bench(a: argparse.Namespace, results: dict) -> None:
         _save(results)
     print(f"dense {results['dense']:.3f}", flush=True)
     for label, sizes in CUTS.items():
-        if a.only and a.only not in label:
+        if a.only and not label.startswith(a.only):
             continue
         row = results["cuts"].setdefault(label, {})
-        for mode in MODES:
+        for mode in a.modes:
             if mode in row:
                 continue
             row[mode] = _run(src, _spec(sizes, mode, scores, calib, a), held, a)
             print(label, mode, row[mode]["ppl"], row[mode]["run_s"], flush=True)
             _save(results)
-    for layers in DEPTHS:
+    for layers in a.depths:
         if a.only and a.only != "depth":
             continue
         row = results["depth"].setdefault(str(layers), {})
@@ -137,8 +153,9 @@ def markdown(results: dict) -> str:
     a, dense = results["args"], results.get("dense", float("nan"))
     lines = ["# Refit bench (issue 12)", "", f"Machine: {results['machine']}. Command: `{results['command']}` "
              f"(commit {results['commit']}).", "",
-             f"SmolLM2-135M-Instruct (bf16). Scores and refit on {a['samples']} x {a['seq_len']} calibration tokens of pydoc "
-             f"topics (one half); held-out perplexity on the first {a['eval_tokens']} tokens of the other half, windows of "
+             f"SmolLM2-135M-Instruct (bf16). Activation scores on {a['samples']} x {a['seq_len']} calibration tokens of pydoc "
+             f"topics (one half), the refit on the first {a['refit_samples']} x {a['refit_seq_len']} of them, `--depth ppl` on "
+             f"{a['ppl_samples']} x {a['ppl_seq_len']}; held-out perplexity on the first {a['eval_tokens']} tokens of the other half, windows of "
              f"{a['eval_seq_len']}, the same tokens for every row. Dense perplexity: **{dense:.2f}**.", "",
              "% of excess removed = (activation - refit) / (activation - dense).", "",
              "| cut | params kept | activation | + one-shot refit | removed | + sequential refit | removed | refit run (one-shot / seq.) |",
@@ -174,19 +191,35 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--refit-samples", type=int, default=32, help="calibration windows of the refit")
+    p.add_argument("--refit-seq-len", type=int, default=256)
+    p.add_argument("--ppl-samples", type=int, default=2, help="calibration windows of --depth ppl (all candidates resident)")
+    p.add_argument("--ppl-seq-len", type=int, default=128)
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS))
     p.add_argument("--eval-tokens", type=int, default=8192)
     p.add_argument("--eval-seq-len", type=int, default=512)
-    p.add_argument("--only", help="run only the cuts whose label contains this ('depth': only depth)")
+    p.add_argument("--only", help="run only the cuts whose label starts with this ('depth': only depth)")
     p.add_argument("--resume", action="store_true", help="keep the rows of bench/results/refit.json")
+    p.add_argument("--tag", help="a partial run (side by side with others): its own output folder and refit-TAG.json")
+    p.add_argument("--merge", nargs="+", metavar="TAG", help="only merge the partial runs' rows into refit.json/md")
     a = p.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH).stdout.strip()
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "args": vars(a), "commit": commit,
                "command": "python bench/refit_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "cuts": {}, "depth": {}}
-    previous = RESULTS / "refit.json"
+    previous = RESULTS / (f"refit-{a.tag}.json" if a.tag else "refit.json")
     if a.resume and previous.exists():
         old = json.loads(previous.read_text())
         results.update({k: old[k] for k in ("cuts", "depth", "dense", "calibrate_s") if k in old})
+    main_run = RESULTS / "refit.json"
+    if a.tag and "dense" not in results and main_run.exists():  # the same held-out tokens: measured once
+        results["dense"] = json.loads(main_run.read_text())["dense"]
+    if a.merge:
+        merge(results, a.merge)
+        _save(results)
+        print(markdown(results))
+        return 0
     t0 = time.perf_counter()
     bench(a, results)
     results["total_s"] = round(time.perf_counter() - t0 + results.get("total_s", 0), 1)

@@ -27,7 +27,7 @@ from .score import compute_scores
 from .select import check_targets, select_keep, targets_and_layers
 from .sink import OutTensor, ShardLayout, layout_shards
 from .sizes import config_get, is_tied, segment_width, source_sizes
-from .spec import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, PruneSpec, dump_json
+from .spec import DEFAULT_DEPTH, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, PruneSpec, dump_json
 
 BLOCK_BYTES = 16 << 20
 """Input bytes per row block.  A block and its gathered output stay in a 32 MiB L3 cache: on the
@@ -185,7 +185,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     activation = _activation_scores(spec, config)
     influence = None  # depth from activation records: block influence, or angular distance of blocks
     if activation is not None and spec.depth != "ppl":
-        influence = activation.angular() if spec.depth == "block" else activation.layer_influence()
+        influence = activation.angular() if (spec.depth or DEFAULT_DEPTH) == "block" else activation.layer_influence()
         n = sizes.get("layers", 0)
         if influence is not None and influence.shape not in ((n,), (n + 1, n + 1)):
             raise SpecError(f"scores {spec.scores} hold layer records of shape {list(influence.shape)} but the model has {n} "

@@ -35,7 +35,7 @@ from ..plan import Plan, TensorPlan
 from ..sizes import source_sizes
 from ..storage import LocalStorage
 from .gram import GramTap, InputCapture
-from .solve import Refit, refit_weight
+from .solve import DEFAULT_ALPHA, Refit, choose_alpha, solve_refit
 
 MODES = ("oneshot", "sequential")
 _TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
@@ -46,9 +46,26 @@ def refit_targets(plan: Plan) -> dict[str, TensorPlan]:
     return {t.source.name: t for t in plan.tensors if len(t.index) == 2 and t.index[-1] is not None}
 
 
-def _param_weight(engine: LayerwiseModel, reader: Reader) -> torch.Tensor:
-    param = engine.model.get_parameter(reader.param)
-    return (param[reader.expert] if reader.expert is not None else param).detach().to(torch.float64)
+def _target_weights(engine: LayerwiseModel, readers: dict[Any, Reader],
+                    targets: dict[str, TensorPlan]) -> dict[str, torch.Tensor]:
+    """Copies (compute dtype, kept rows) of the resident layer's weights that are refit, by tensor name."""
+    out: dict[str, torch.Tensor] = {}
+    for reader in readers.values():
+        tp = targets.get(reader.name)
+        if tp is None:
+            continue
+        param = engine.model.get_parameter(reader.param).detach()
+        weight = param[reader.expert] if reader.expert is not None else param
+        if tp.index[0] is not None:
+            weight = weight[torch.from_numpy(np.asarray(tp.index[0], dtype=np.int64)).to(weight.device)]
+        out[reader.name] = weight.clone()
+    return out
+
+
+def _keeps(readers: dict[Any, Reader], targets: dict[str, TensorPlan]) -> dict[str, torch.Tensor]:
+    """Kept input columns of every reader that is refit."""
+    return {r.name: torch.from_numpy(np.asarray(targets[r.name].index[-1], dtype=np.int64))
+            for r in readers.values() if r.name in targets}
 
 
 class _Writer:
@@ -71,38 +88,49 @@ class _Writer:
             os.close(fd)
 
 
-def _solve_layer(engine: LayerwiseModel, readers: dict[Any, Reader], tap: GramTap, targets: dict[str, TensorPlan],
-                 alpha_default: float | None) -> dict[str, tuple[TensorPlan, Refit]]:
+def _solve_layer(weights: dict[str, torch.Tensor], tap: GramTap, targets: dict[str, TensorPlan],
+                 experts: GramTap | None = None) -> dict[str, tuple[TensorPlan, Refit]]:
+    """Choose lambda for every refit reader of one layer, free the held-out sums, then solve one by one."""
+    chosen: dict[str, tuple[GramTap, float | None]] = {}
+    for name, weight in weights.items():
+        for source in (tap, experts):
+            total, val = source.grams(name) if source is not None else (None, None)
+            if total is not None:
+                keep = torch.from_numpy(np.asarray(targets[name].index[-1], dtype=np.int64))
+                chosen[name] = (source, choose_alpha(weight, keep, total, val, name) if val is not None else DEFAULT_ALPHA)
+                break
+    for source in (tap, experts):
+        if source is not None:
+            source.val.clear()
     solved: dict[str, tuple[TensorPlan, Refit]] = {}
-    for reader in readers.values():
-        tp = targets.get(reader.name)
-        if tp is None:
-            continue
-        train, val = tap.grams(reader.name)
-        if train is None:
-            continue
-        weight = _param_weight(engine, reader)
-        if tp.index[0] is not None:
-            weight = weight[torch.from_numpy(np.asarray(tp.index[0], dtype=np.int64))]
-        keep = torch.from_numpy(np.asarray(tp.index[-1], dtype=np.int64))
-        result = refit_weight(weight, keep, train, val, tp.source.name, alpha_default)
-        if tp.rescale:
-            result.weight = result.weight * tp.rescale
-        solved[tp.out.name] = (tp, result)
+    for name, (source, alpha) in chosen.items():
+        tp, weight = targets[name], weights.pop(name)
+        if alpha is None:
+            keep = torch.from_numpy(np.asarray(tp.index[-1], dtype=np.int64)).to(weight.device)
+            new = weight[:, keep].to(torch.float64)
+        else:
+            total, _ = source.grams(name)
+            assert total is not None
+            new = solve_refit(weight, total, alpha, name)
+        del weight
+        solved[tp.out.name] = (tp, Refit(new * tp.rescale if tp.rescale else new, alpha))
     return solved
 
 
 def _oneshot_layer(dense: LayerwiseModel, index: int, readers: dict[Any, Reader], hidden: torch.Tensor, micro: int,
                    targets: dict[str, TensorPlan]) -> dict[str, tuple[TensorPlan, Refit]]:
-    """Advance `hidden` through dense layer `index` (in place), accumulating its readers' Grams; solve them."""
-    tap = GramTap(readers, {})
+    """Advance `hidden` through dense layer `index` (in place), accumulating its readers' Grams; solve them
+    once the layer is freed."""
+    readers = {k: r for k, r in readers.items() if r.name in targets}
+    tap = GramTap(readers, {}, keeps=_keeps(readers, targets))
     with dense.resident(index):
         tap.params = dense.layer_params(index)
         for start in range(0, hidden.shape[0], micro):
             tap.begin(start, *hidden[start : start + micro].shape[:2])
             with tap:
                 hidden[start : start + micro] = dense.forward(index, hidden[start : start + micro])
-        return _solve_layer(dense, readers, tap, targets, None) if readers else {}
+        weights = _target_weights(dense, readers, targets)
+    return _solve_layer(weights, tap, targets) if weights else {}
 
 
 def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mode: str = "oneshot",
@@ -149,11 +177,13 @@ def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mo
             assert pruned is not None and h_pruned is not None
             j = kept_layers.index(index)
             mine = pruned_readers.get(j, {})
+            readers = {k: r for k, r in readers.items() if r.name in targets}
             capture = InputCapture(readers, {})
             # expert slices see different routed tokens in the two models: refit them one-shot
-            experts = GramTap({k: r for k, r in readers.items() if r.expert is not None}, {})
+            expert_readers = {k: r for k, r in readers.items() if r.expert is not None}
+            experts = GramTap(expert_readers, {}, keeps=_keeps(expert_readers, targets))
             tap = GramTap({k: Reader(r.param, r.expert, r.segments, r.writes_hidden, r.layer, out_to_source[r.name])
-                           for k, r in mine.items() if r.expert is None}, {}, capture)
+                           for k, r in mine.items() if r.expert is None and out_to_source[r.name] in targets}, {}, capture)
             with dense.resident(index), pruned.resident(j):
                 capture.params = experts.params = dense.layer_params(index)
                 tap.params = pruned.layer_params(j)
@@ -166,9 +196,7 @@ def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mo
                     tap.begin(start, *p_in.shape[:2])
                     with tap:
                         pruned.forward(j, p_in)
-                solved = _solve_layer(dense, readers, tap, targets, None)
-                solved.update(_solve_layer(dense, {k: r for k, r in readers.items() if r.expert is not None},
-                                           experts, targets, None))
+                solved = _solve_layer(_target_weights(dense, readers, targets), tap, targets, experts)
                 _install(pruned, mine, out_to_source, solved)
                 for start in range(0, ids.shape[0], micro):
                     h_pruned[start : start + micro] = pruned.forward(j, h_pruned[start : start + micro])

@@ -97,7 +97,7 @@ def test_refit_needs_calibration_data():
 
 def test_plan_states_the_refit_peak(tiny, text):
     plan = ps.plan(tiny["llama"], ps.spec_from_dict({"intermediate_size": 48, "calibration": [str(text[0])], "refit": "oneshot"}))
-    assert plan.refit_peak_bytes > 4 * 96 * 96 * 8
+    assert plan.refit_peak_bytes > 2 * 96 * 48 * 8  # at least the two sums of each down_proj
 
 
 def test_depth_by_ppl_drops_the_layer_transformers_misses_least(tiny, text):
@@ -133,3 +133,16 @@ def test_sequential_refit_at_unchanged_width_starts_as_oneshot(tiny, text, tmp_p
     assert later  # refit in both modes past layer 0
     assert any(not torch.allclose(_tensor(tmp_path / "oneshot", n), _tensor(tmp_path / "sequential", n), atol=1e-6) for n in later)
     load(tmp_path / "sequential")
+
+
+def test_bare_refit_and_depth_take_the_measured_defaults(tiny, text):
+    from prune_surgery.cli import _bare_refit
+    from prune_surgery.spec import DEFAULT_DEPTH, DEFAULT_REFIT
+
+    assert _spec(text, refit=True).refit == DEFAULT_REFIT
+    assert _bare_refit(["prune-surgery", "run", "S", "O", "--refit", "--calibration", "t"])[5] == DEFAULT_REFIT
+    assert _bare_refit(["prune-surgery", "run", "S", "O", "--refit", "sequential"])[5] == "sequential"
+    src = tiny["llama"]
+    default = ps.plan(src, _spec(text, num_hidden_layers=2))
+    chosen = ps.plan(src, _spec(text, num_hidden_layers=2, depth=DEFAULT_DEPTH))
+    assert default.keep["layers"] == chosen.keep["layers"]
