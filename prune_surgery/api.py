@@ -204,7 +204,7 @@ def megatron_keep(src: Path, spec: PruneSpec) -> tuple[dict[str, Any], PruneSpec
     arch = architecture_for(config)
     spec = spec if spec.balance or spec.keep else replace(spec, balance=ckpt.tp)
     sizes = source_sizes(arch, config)
-    targets, layers = targets_and_layers(arch, sizes, spec)
+    targets, layers = targets_and_layers(arch, sizes, spec, config=config)
     return select_keep(arch, sizes, targets, spec, layers), spec, arch, sizes, targets
 
 

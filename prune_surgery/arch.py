@@ -48,6 +48,7 @@ class TensorRole:
     embed_scale: bool = False  # the model multiplies it by sqrt(hidden_size) at run time (Gemma)
     copy: bool = False  # `copy: true`: every tensor under the name prefix, copied as is (a vision tower)
     only: tuple[str, str] | None = None  # `only: {list: layer_types, is: x}`: exactly on the layers of type x
+    extra: bool = False  # a copy under `extra_layers.to`: `{layer}` counts the extra (MTP) layers from 0
 
     @property
     def placeholders(self) -> tuple[str, ...]:
@@ -67,6 +68,8 @@ class Space:
     default: str | None = None
     mirrors: tuple[str, ...] = ()  # other config keys holding the same size, written with it (a VLM's projector width)
     groups: str | None = None  # a dim: units are chosen in that many equal contiguous groups, the same count in each
+    follows: str | None = None  # a space: with none of its keys in the config, it has that space's size and target
+    only: tuple[str, str] | None = None  # `only: {list, is}`: chosen per layer on the layers of that type only
 
 
 #: norm kinds a table may name, and the offset their stored weight carries
@@ -101,27 +104,83 @@ class Architecture:
     alias_roles: tuple[TensorRole, ...] = ()  # the same roles under another stored layout (`aliases`)
     caveats: tuple[dict[str, Any], ...] = ()
     extra_layers: str | None = None  # a dim: layers numbered after num_hidden_layers (MTP), kept and renumbered
+    extra_stored: bool = False  # `extra_layers: {count, from, to}`: stored in a list of their own, never renumbered
+    when: tuple[tuple[str, Any], ...] = ()  # `when: {key: value}`: claims its model_types only for such configs
 
     @property
     def norm_offset(self) -> float:
         """Stored norm weight w acts as (w + offset): 1 for `rms_one_plus` (Gemma), else 0."""
         return NORM_OFFSETS.get(self.norm, 0.0)
 
-    def match(self, name: str) -> tuple[TensorRole, dict[str, int]] | None:
+    def match(self, name: str, config: dict[str, Any] | None = None) -> tuple[TensorRole, dict[str, int]] | None:
         """The role claiming `name` and its placeholder values, or None for a dropped buffer.
 
+        With `config`, a role marked `only: {list, is}` claims a layer's tensor only when the
+        layer's entry in that list is `is`, so two roles may share a name template, one per layer
+        type (Gemma 4's sliding and full attention); when none fits, the first match is returned
+        (and the presence check reports the disagreement).
         Raises ArchitectureError naming the tensor when no entry claims it.
         """
+        first = None
         for role in (*self.roles.values(), *self.alias_roles):
             found = role.pattern.fullmatch(name)
             if found:
-                return role, {k: int(v) for k, v in found.groupdict().items()}
+                binding = {k: int(v) for k, v in found.groupdict().items()}
+                if role.extra:  # not a decoder layer of the main stack: see `claim`
+                    binding["extra_layer"] = binding.pop("layer")
+                    return role, binding
+                if config is None or role.only is None or layer_type_is(config, role.only, binding.get("layer")):
+                    return role, binding
+                first = first or (role, binding)
+        if first is not None:
+            return first
         if any(p.fullmatch(name) for p in self.drop):
             return None
         raise ArchitectureError(
             f"tensor {name!r} is not described by the {self.family} table; add it to "
             f"prune_surgery/tables/ (or report it) so that no weight is silently lost"
         )
+
+
+    def claim(self, name: str, sizes: dict[str, int], config: dict[str, Any] | None = None) -> tuple[TensorRole, dict[str, int]] | None:
+        """`match`, with an extra layer stored in a list of its own (`mtp.layers.{i}`) bound to the
+        layer scope num_hidden_layers + i, where its selections are recorded (as for MTP layers
+        stored after the decoder layers); refused when the config counts fewer extra layers."""
+        found = self.match(name, config)
+        if found is None or not found[0].extra:
+            return found
+        role, binding = found
+        index = binding.pop("extra_layer")
+        count = sizes.get(self.extra_layers or "", 0)
+        if index >= count:
+            key = self.dims.get(self.extra_layers or "", {}).get("key", self.extra_layers)
+            raise ArchitectureError(f"tensor {name!r} is extra layer {index} but config.json gives {key} = {count}; "
+                                    "the config does not match the weights")
+        return role, {**binding, "layer": sizes["layers"] + index}
+
+
+def _extra_copies(roles: dict[str, TensorRole], extra: dict[str, Any], family: str) -> dict[str, TensorRole]:
+    """Copies of the decoder-layer roles under another prefix (`extra_layers: {count, from, to}`):
+    optional, on no `layer_types` entry, marked `extra` (see Architecture.claim)."""
+    if set(extra) != {"count", "from", "to"} or not all("{layer}" in str(extra[k]) for k in ("from", "to")):
+        raise ArchitectureError(f"table {family}: extra_layers needs a dim, or exactly `count`, `from` and `to` "
+                                f"prefixes holding {{layer}}: {extra}")
+    old, new = str(extra["from"]), str(extra["to"])
+    copies = {}
+    for name, role in roles.items():
+        if role.template.startswith(old):
+            template = new + role.template[len(old):]
+            copies[f"{name}@extra"] = replace(role, role=f"{name}@extra", template=template, pattern=_compile(template),
+                                              optional=True, only=None, extra=True)
+    return copies
+
+
+def layer_type_is(config: dict[str, Any], only: tuple[str, str], layer: int | None) -> bool:
+    """Whether entry `layer` of the config list `only[0]` is `only[1]` (a role's or space's `only`)."""
+    from .sizes import config_get  # sizes reads Architecture: imported here, not at the top
+
+    types = config_get(config, only[0], None)
+    return isinstance(types, list) and layer is not None and layer < len(types) and types[layer] == only[1]
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +257,8 @@ def load_architecture(family: str) -> Architecture:
     t = apply_layout(_resolve(family), family)
     spaces = {
         n: Space(n, _list(s["key"]), tuple(s.get("per", ())), s.get("unit", 1), s.get("within"), s.get("default"),
-                 _list(s.get("mirrors")), s.get("groups"))
+                 _list(s.get("mirrors")), s.get("groups"), s.get("follows"),
+                 (s["only"]["list"], s["only"]["is"]) if s.get("only") else None)
         for n, s in t.get("spaces", {}).items()
     }
     dims = dict(t.get("dims", {}))
@@ -236,7 +296,11 @@ def load_architecture(family: str) -> Architecture:
     for caveat in t.get("caveats", []):
         if caveat.get("when") not in spaces or "note" not in caveat:
             raise ArchitectureError(f"table {family}: a caveat needs `when` (a space) and `note` (`config`, `is` optional): {caveat}")
-    for name in [s.groups for s in spaces.values() if s.groups] + list(_list(t.get("extra_layers"))):
+    extra = t.get("extra_layers")
+    if isinstance(extra, dict):
+        roles.update(_extra_copies(roles, extra, family))
+        extra = extra.get("count")
+    for name in [s.groups for s in spaces.values() if s.groups] + list(_list(extra)):
         if name not in dims:
             raise ArchitectureError(f"table {family}: {name!r} (groups / extra_layers) must be a dim")
     layer_config = t.get("layer_config", {})
@@ -264,7 +328,9 @@ def load_architecture(family: str) -> Architecture:
         approximate=str(t.get("approximate", "")),
         alias_roles=alias_roles,
         caveats=tuple(t.get("caveats", [])),
-        extra_layers=t.get("extra_layers"),
+        extra_layers=extra,
+        extra_stored=isinstance(t.get("extra_layers"), dict),
+        when=tuple(dict(t.get("when") or {}).items()),
     )
 
 
@@ -298,9 +364,11 @@ def families() -> list[str]:
 def architecture_for(config: dict[str, Any]) -> Architecture:
     """The architecture whose `model_types` include the config's `model_type`."""
     model_type = config.get("model_type")
-    for family in families():
-        arch = load_architecture(family)
-        if model_type in arch.model_types:
+    from .sizes import config_get
+
+    candidates = [a for a in map(load_architecture, families()) if model_type in a.model_types]
+    for arch in sorted(candidates, key=lambda a: not a.when):  # a table whose `when` holds, else the plain one
+        if all(config_get(config, key, None) == value for key, value in arch.when):
             return arch
     supported = ", ".join(t for f in families() for t in load_architecture(f).model_types)
     raise ArchitectureError(

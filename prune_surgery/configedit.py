@@ -19,6 +19,8 @@ def rewrite_config(
     for name, space in arch.spaces.items():
         size = vocab_rows if name == "vocab" else targets[name]
         key = space_key(arch, name, config)
+        if space.follows and config_get(config, key, None) is None:
+            continue  # the config sizes it by the space it follows
         if size != sizes[name] or config_get(config, key, None) is None:
             config_set(new, key, size)
         for mirror in space.mirrors:  # keys that must hold the same size (only those present)
@@ -51,8 +53,8 @@ def _remap_layer_keys(arch: Architecture, config: dict[str, Any], new: dict[str,
         value = config_get(config, key, None)
         if isinstance(value, list):
             config_set(new, key, [position[i] for i in value if i in position])
-    for key in arch.layer_dicts:  # {"<layer>": {...}}: kept layers' entries, renumbered
-        value = config_get(config, key, None)
+    for key in arch.layer_dicts:  # {"<layer>": {...}}: kept layers' entries (sizes already rewritten), renumbered
+        value = config_get(new, key, None)
         if isinstance(value, dict):
             config_set(new, key, {str(position[int(k)]): v for k, v in value.items() if int(k) in position})
     for rule in arch.layer_shared_tails:
@@ -68,17 +70,25 @@ def _remap_layer_keys(arch: Architecture, config: dict[str, Any], new: dict[str,
 def _shared_tail(config: dict[str, Any], new: dict[str, Any], rule: dict[str, Any], layers: list[int], n: int) -> None:
     """The last `count` layers reuse the KV of the last earlier layer of their `by` type (Gemma 4):
     dropping such a producer is refused; `count` becomes the number of kept tail layers."""
-    count = int(config_get(config, rule["count"], None) or 0)
+    first, producer = tail_producers(config, rule, n)
+    count = n - first
     if not count:
         return
-    kinds = config_get(config, rule["by"], None) or ["layer"] * n
-    first = n - count
-    producers = {kinds[i]: i for i in range(first)}  # the last of each kind before the tail
-    dropped = sorted(set(producers.values()) - set(layers))
+    dropped = sorted(set(producer.values()) - set(layers))
     if dropped:
         raise SpecError(f"layer {dropped[0]} produces the KV cache that the last {count} layers ({rule['count']}) reuse; "
                         f"{rule.get('why', 'keep it')}")
     config_set(new, rule["count"], sum(1 for i in layers if i >= first))
+
+
+def tail_producers(config: dict[str, Any], rule: dict[str, Any], n: int) -> tuple[int, dict[int, int]]:
+    """(first layer of the shared tail, {tail layer: the earlier layer whose KV it reuses}) of a
+    `shared_tail` rule: the last layer of the same `by` type before the tail (none: n, {})."""
+    count = int(config_get(config, rule["count"], None) or 0)
+    kinds = config_get(config, rule["by"], None) or ["layer"] * n
+    first = n - count
+    last = {kinds[i]: i for i in range(max(first, 0))}  # the last of each kind before the tail
+    return (first, {i: last[kinds[i]] for i in range(first, n) if kinds[i] in last}) if count else (n, {})
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:

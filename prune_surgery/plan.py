@@ -135,7 +135,8 @@ def _new_name(arch: Architecture, role: TensorRole, binding: dict[str, int], kee
     """The output name after renumbering, or None if a placeholder's index was dropped.
 
     Layers numbered from `layers` (num_hidden_layers) on are a table's `extra_layers` (MTP):
-    always kept, renumbered to follow the kept layers."""
+    always kept, renumbered to follow the kept layers, or, stored in a list of their own
+    (`mtp.layers.{i}`, `extra_stored`), keeping their own numbers."""
     values: dict[str, int] = {}
     scope = ""
     for placeholder in role.placeholders:
@@ -143,7 +144,7 @@ def _new_name(arch: Architecture, role: TensorRole, binding: dict[str, int], kee
         chosen = keep.get("layers") if owner == "layers" else kept(keep, owner, scope)
         old = binding[placeholder]
         if owner == "layers" and arch.extra_layers and old >= layers:
-            values[placeholder] = len(chosen) + old - layers  # type: ignore[arg-type]
+            values[placeholder] = old - layers + (0 if role.extra else len(chosen))  # type: ignore[arg-type]
         elif chosen is not None:
             if old not in chosen:  # type: ignore[operator]
                 return None
@@ -192,7 +193,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
                             "layers; the file is damaged or from another model, recalibrate")
         if influence is not None:
             influence = np.nan_to_num(influence.astype(np.float64), nan=np.inf)
-    targets, layers = targets_and_layers(arch, sizes, spec, influence)
+    targets, layers = targets_and_layers(arch, sizes, spec, influence, config)
     scores = None
     if activation is not None:
         from .calibrate.scorefile import check_scores, needed_spaces, ranking
@@ -205,7 +206,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         table = compute_scores(ckpt, arch, sizes, wanted, layers, block_bytes)
         # a scope no tensor carries (the experts of a dense layer of a MoE model) scores zero
         scores = lambda space, key: table.get((space, key), np.zeros(sizes[space]))  # noqa: E731
-    keep = select_keep(arch, sizes, targets, spec, layers, scores)
+    keep = select_keep(arch, sizes, targets, spec, layers, scores, config)
     _check_nesting(arch, keep, sizes)
     check_targets(arch, sizes, targets, spec)
     if "vocab" in keep and keep["vocab"] and keep["vocab"][-1] >= sizes["vocab"]:  # type: ignore[index]
@@ -226,7 +227,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
         if quant and quant.is_scale(ref.name, ckpt):
             params_before += ref.numel  # planned with its weight (plan_quantized)
             continue
-        claim = arch.match(ref.name)
+        claim = arch.claim(ref.name, sizes, config)
         if claim is None:  # a buffer the table drops (rotary inv_freq)
             dropped.append(ref.name)
             continue
@@ -345,6 +346,11 @@ def _warnings(plan: Plan, pad: int) -> list[str]:
         if plan.targets[caveat["when"]] != plan.sizes[caveat["when"]] and \
                 ("config" not in caveat or config_get(plan.config, caveat["config"], caveat.get("default")) == caveat.get("is")):
             notes.append(caveat["note"])
+    extra = plan.sizes.get(plan.arch.extra_layers or "", 0)
+    per_layer = [s for s, sp in plan.arch.spaces.items() if "layer" in sp.per and plan.targets[s] != plan.sizes[s]]
+    if extra and per_layer and plan.spec.method == "activation" and plan.spec.keep is None:
+        notes.append(f"the {extra} MTP layer(s) after layer {plan.sizes['layers'] - 1} get no activation statistics (transformers does "
+                     f"not run them): they keep the first units (per group) of {', '.join(per_layer)}; give them a keep file to choose")
     if pad:
         notes.append(f"vocabulary padded with {pad} zero rows: ids {plan.targets['vocab']}..{plan.targets['vocab'] + pad - 1} must never be sampled")
     if plan.spec.method == "magnitude" and plan.spec.keep is None:

@@ -42,6 +42,8 @@ def check_layer_typed(arch: Architecture, role: TensorRole, seen: set[Any], conf
     present = {dict(s[1]).get("layer") for s in seen if s[0] == role.role}
     for layer, layer_type in enumerate(types):
         name = role.template.format(layer=layer)
+        if role.optional and layer_type == kind and layer not in present:
+            continue  # may be absent on its layers (Gemma 4's KV-sharing layers hold no k_proj), never elsewhere
         if (layer_type == kind) != (layer in present):
             state = "is missing from" if layer_type == kind else f"is in (but {key}[{layer}] is {layer_type!r}, not {kind!r})"
             raise ArchitectureError(f"tensor {name!r} {state} the checkpoint; config.json and the weights disagree")

@@ -23,14 +23,15 @@ def compute_scores(
 ) -> dict[tuple[str, str], np.ndarray]:
     """Sum of squared weights per unit, keyed by (space, scope key), for `spaces`."""
     scores: dict[tuple[str, str], np.ndarray] = defaultdict(lambda: np.zeros(0))
-    kept_layers = set(layers)
+    extra = sizes.get(arch.extra_layers, 0) if arch.extra_layers else 0  # MTP layers: always kept, scored too
+    kept_layers = set(layers) | set(range(sizes["layers"], sizes["layers"] + extra))
     blobs = {}
     try:
         quant = quant_format(ckpt.config, False)
         for ref in ckpt.tensors.values():
             if quant and quant.is_scale(ref.name, ckpt):
                 continue  # FP8 block scales: scores use the stored codes (blocks share a scale)
-            claim = arch.match(ref.name)
+            claim = arch.claim(ref.name, sizes, ckpt.config)
             if claim is None:
                 continue
             role, binding = claim

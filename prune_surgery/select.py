@@ -11,26 +11,33 @@ chosen inside kept kv groups, the same count in every group.
 from __future__ import annotations
 
 import zlib
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from .arch import RULES, Architecture
+from .arch import RULES, Architecture, layer_type_is
 from .errors import SpecError
 from .keepfile import Keep, kept
+from .configedit import tail_producers
+from .sizes import config_get
 from .spec import SCORED, PruneSpec
 
 Scores = Callable[[str, str], np.ndarray]
 
 
-def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) -> dict[str, int]:
-    """Target size of every space, from the spec's config-keyed sizes (unlisted: unchanged)."""
+def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec,
+                    config: dict[str, Any] | None = None) -> dict[str, int]:
+    """Target size of every space, from the spec's config-keyed sizes (unlisted: unchanged).
+
+    A space that `follows` another and has none of its keys in `config` takes that space's target."""
     by_key: dict[str, list[str]] = {}  # spaces sized by one key (e.g. routed and shared expert widths)
     for name, space in arch.spaces.items():
         for key in space.keys:
             by_key.setdefault(key, []).append(name)
     # a nested key (`text_config.hidden_size` of a VLM) is also given by its last part (`--hidden-size`)
-    by_key.update({k.rsplit(".", 1)[1]: n for k, n in list(by_key.items()) if "." in k and k.rsplit(".", 1)[1] not in by_key})
+    # (not a `*` key's field: `per_layer_config.*.num_key_value_heads` is no `num_key_value_heads`)
+    by_key.update({k.rsplit(".", 1)[1]: n for k, n in list(by_key.items())
+                   if "." in k and ".*." not in k and k.rsplit(".", 1)[1] not in by_key})
     targets = {name: sizes[name] for name in arch.spaces}
     for key, value in spec.sizes.items():
         if key in arch.dims or key == "head_dim":
@@ -54,6 +61,12 @@ def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) 
         if key in spec.sizes and spec.sizes[key] != left:
             raise SpecError(f"drop_layers leaves {left} layers but {key}={spec.sizes[key]}; give one or the other")
         targets["layers"] = left
+    for name in following(arch, config):  # e.g. full-attention kv heads without a count of their own
+        given = [k for k in arch.spaces[name].keys if k in spec.sizes]
+        if given:
+            lead = arch.spaces[arch.spaces[name].follows].keys[0]  # type: ignore[index]
+            raise SpecError(f"config.json has no {given[0]}: these layers use {lead}; give --{lead.replace('_', '-')} instead")
+        targets[name] = targets[arch.spaces[name].follows]  # type: ignore[index]
     for name, space in arch.spaces.items():  # MHA source, only heads given: stay MHA (kv follows)
         outer = space.within
         if outer and sizes[name] == sizes[outer] and targets[name] != sizes[name] and not _given(arch, outer, spec):
@@ -62,6 +75,13 @@ def resolve_targets(arch: Architecture, sizes: dict[str, int], spec: PruneSpec) 
         targets["vocab"] = len(spec.keep_vocab)
     check_targets(arch, sizes, targets, spec)
     return targets
+
+
+def following(arch: Architecture, config: dict[str, Any] | None) -> list[str]:
+    """Spaces that `follow` another because the config holds none of their keys."""
+    if config is None:
+        return []
+    return [n for n, s in arch.spaces.items() if s.follows and all(config_get(config, k, None) is None for k in s.keys)]
 
 
 def _given(arch: Architecture, space: str, spec: PruneSpec) -> bool:
@@ -235,9 +255,9 @@ def _drop_by_scores(influence: np.ndarray, drop: int) -> list[int]:
 
 
 def targets_and_layers(arch: Architecture, sizes: dict[str, int], spec: PruneSpec,
-                       influence: np.ndarray | None = None) -> tuple[dict[str, int], list[int]]:
+                       influence: np.ndarray | None = None, config: dict[str, Any] | None = None) -> tuple[dict[str, int], list[int]]:
     """Target size of every space and the kept original layers (the first step of selection)."""
-    targets = resolve_targets(arch, sizes, spec)
+    targets = resolve_targets(arch, sizes, spec, config)
     layers = select_layers(arch, sizes, targets, spec, influence)
     targets["layers"] = len(layers)
     return targets, layers
@@ -245,9 +265,10 @@ def targets_and_layers(arch: Architecture, sizes: dict[str, int], spec: PruneSpe
 
 def select_keep(
     arch: Architecture, sizes: dict[str, int], targets: dict[str, int], spec: PruneSpec,
-    layers: list[int], scores: Scores | None = None,
+    layers: list[int], scores: Scores | None = None, config: dict[str, Any] | None = None,
 ) -> Keep:
-    """Kept indices of every pruned space (layers always recorded)."""
+    """Kept indices of every pruned space (layers always recorded); a space with `only` is
+    chosen on the layers of its type in `config` only (Gemma 4's sliding and full heads)."""
     keep: Keep = {"layers": layers}
     if spec.keep_vocab is not None:
         keep["vocab"] = list(spec.keep_vocab)
@@ -258,8 +279,11 @@ def select_keep(
         if name in ("layers", "vocab") or name in keep:
             continue
         keys = scope_keys(arch, name, keep, sizes)
+        if space.only and config is not None:
+            keys = [k for k in keys if layer_type_is(config, space.only, int(k.split(".")[0]))]
         if name in explicit:
             keep[name] = _validated(arch, name, explicit[name], keys, sizes, targets)
+            _share_producers(arch, name, keep, sizes, config, explicit=True)
             continue
         if targets[name] == sizes[name] and not (space.within and space.within in keep):
             continue
@@ -274,7 +298,29 @@ def select_keep(
                 parts = sizes[space.groups] if space.groups else spec.balance or 1
                 chosen[key] = choose(sizes[name], targets[name], spec.method, rng, score, parts)
         keep[name] = chosen[""] if keys == [""] else chosen
+        _share_producers(arch, name, keep, sizes, config, explicit=False)
     return keep
+
+
+def _share_producers(arch: Architecture, name: str, keep: Keep, sizes: dict[str, int],
+                     config: dict[str, Any] | None, explicit: bool) -> None:
+    """Layers that reuse an earlier layer's KV (`shared_tail` rules naming `name` in `spaces`)
+    keep that producer's kv heads: their query heads are then chosen inside the producer's kept
+    groups.  A keep file that gives a consumer other kv heads is refused."""
+    chosen = keep.get(name)
+    if config is None or not isinstance(chosen, dict):
+        return
+    for rule in arch.layer_shared_tails:
+        if name not in rule.get("spaces", []):
+            continue
+        for layer, producer in tail_producers(config, rule, sizes["layers"])[1].items():
+            if str(layer) not in chosen or str(producer) not in chosen:
+                continue
+            if not explicit:
+                chosen[str(layer)] = chosen[str(producer)]
+            elif list(chosen[str(layer)]) != list(chosen[str(producer)]):
+                raise SpecError(f"keep file: layer {layer} reuses the keys and values of layer {producer} ({rule['count']}), "
+                                f"so its {name} must be layer {producer}'s: {list(chosen[str(producer)])}")
 
 
 def _depth(arch: Architecture, name: str) -> int:

@@ -12,22 +12,44 @@ _MISSING = object()
 
 
 def config_get(config: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
-    """`config[key]`, where `key` may be dotted (``text_config.hidden_size``)."""
+    """`config[key]`, where `key` may be dotted (``text_config.hidden_size``).
+
+    A `*` part reads that field of every entry of a dict (``per_layer_config.*.head_dim``: the
+    entries of a layer-indexed dict that set it); they must agree, and none setting it is absent."""
     node: Any = config
-    for part in key.split("."):
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if part == "*" and isinstance(node, dict):
+            rest = ".".join(parts[i + 1:])
+            values = {repr(v): v for v in (config_get(e, rest, None) for e in node.values()) if v is not None}
+            if len(values) > 1:
+                raise ArchitectureError(f"config.json gives {key} different values ({', '.join(sorted(values))}); "
+                                        "the table reads it as one size, so such a config is not supported")
+            node = next(iter(values.values()), None)
+            if node is None:
+                break
+            return node
         if not isinstance(node, dict) or part not in node:
-            if default is _MISSING:
-                raise KeyError(key)
-            return default
+            break
         node = node[part]
-    return node
+    else:
+        return node
+    if default is _MISSING:
+        raise KeyError(key)
+    return default
 
 
 def config_set(config: dict[str, Any], key: str, value: Any) -> None:
-    """Set `config[key]` in place, where `key` may be dotted."""
+    """Set `config[key]` in place, where `key` may be dotted (a `*` part: in every entry that has the rest)."""
     *parents, last = key.split(".")
     node = config
-    for part in parents:
+    for i, part in enumerate(parents):
+        if part == "*":
+            rest = ".".join([*parents[i + 1:], last])
+            for entry in node.values():
+                if isinstance(entry, dict) and config_get(entry, rest, None) is not None:
+                    config_set(entry, rest, value)
+            return
         node = node.setdefault(part, {})
     node[last] = value
 
@@ -50,7 +72,7 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
     for _ in range(len(pending) + 1):
         for name, space in list(pending.items()):
             value = config_get(config, space_key(arch, name, config), None)
-            base, _, times = (space.default or "").partition("*")  # `default: hidden*4` (GPT-2's n_inner)
+            base, _, times = (space.default or space.follows or "").partition("*")  # `default: hidden*4` (GPT-2's n_inner)
             if value is None and base in sizes:
                 value = sizes[base] * int(times or 1)
             if value is not None:
@@ -60,7 +82,8 @@ def source_sizes(arch: Architecture, config: dict[str, Any]) -> dict[str, int]:
         name = next(iter(pending))
         raise ArchitectureError(f"config.json has no {arch.spaces[name].keys[0]!r} (needed for the {name} space of {arch.family})")
     for name, dim in arch.dims.items():
-        value = config_get(config, dim["key"], None) if dim.get("key") else None
+        keys = dim["key"] if isinstance(dim.get("key"), list) else [dim["key"]] if dim.get("key") else []
+        value = next((v for v in (config_get(config, k, None) for k in keys) if v is not None), None)  # the first present
         if dim.get("free"):  # its length is read from each tensor (plan.py)
             continue
         if value is None and "product" in dim:  # `product: [a, b, b]`: dims listed before it, multiplied

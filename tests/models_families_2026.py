@@ -173,6 +173,30 @@ def build_vlm(path: Path, kind: str = "gemma3", seed: int = 0) -> Path:
     return path
 
 
+def gemma3_in_memory_layout(src: Path, dst: Path) -> Path:
+    """A copy of a Gemma 3 VLM saved under the in-memory names (`model.language_model.*`,
+    `model.vision_tower.*`, `model.multi_modal_projector.*`, `lm_head.*`)."""
+    import json
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dst)
+    moves = {"language_model.model.": "model.language_model.", "vision_tower.": "model.vision_tower.",
+             "multi_modal_projector.": "model.multi_modal_projector.", "language_model.lm_head.": "lm_head."}
+
+    def moved(key: str) -> str:
+        old = next((o for o in moves if key.startswith(o)), "")
+        return moves[old] + key[len(old):] if old else key
+
+    for shard in dst.glob("*.safetensors"):
+        save_file({moved(k): v for k, v in load_file(shard).items()}, str(shard), metadata={"format": "pt"})
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    index["weight_map"] = {moved(k): v for k, v in index["weight_map"].items()}
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index))
+    return dst
+
+
 def load_vlm(path: Path) -> torch.nn.Module:
     """Load a VLM with transformers, asserting no missing or unexpected keys."""
     import transformers
@@ -192,7 +216,7 @@ def vlm_logits(model: torch.nn.Module, images: bool) -> torch.Tensor:
         if model.config.model_type == "mistral3":
             ids[:, 1] = IMAGE_TOKEN
             kwargs["image_sizes"] = torch.tensor([[28, 28], [28, 28]])
-        elif model.config.model_type == "qwen3_5":  # 2 x 2 patches of 2 frames, merged into one token
+        elif model.config.model_type in ("qwen3_5", "qwen3_5_moe"):  # 2 x 2 patches of 2 frames, merged into one token
             ids[:, 1], ids[:, 2], ids[:, 3] = 297, IMAGE_TOKEN, 296
             kwargs["pixel_values"] = torch.randn(8, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(2))
             kwargs["image_grid_thw"] = torch.tensor([[1, 2, 2], [1, 2, 2]])
@@ -240,66 +264,5 @@ def masked_vlm(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
         layer.self_attn.layer_idx = new
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = [cfg.layer_types[i] for i in kept]
-    cfg.num_hidden_layers = len(kept)
-    return model
-
-
-GEMMA4 = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
-              vocab_size=128, head_dim=8, max_position_embeddings=64, sliding_window=4, global_head_dim=16,
-              layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
-              bos_token_id=2, eos_token_id=1, pad_token_id=0, final_logit_softcapping=5.0)
-#: 31B-style (no per-layer embeddings, no KV sharing) and E2B-style (per-layer embeddings of
-#: width 16, the last two layers reusing KV, k = v on full layers with their own kv heads)
-GEMMA4_VARIANTS = {
-    "dense": dict(hidden_size_per_layer_input=0, num_kv_shared_layers=0, vocab_size_per_layer_input=128),
-    "ple_shared": dict(hidden_size_per_layer_input=16, num_kv_shared_layers=2, vocab_size_per_layer_input=128,
-                       attention_k_eq_v=True, num_global_key_value_heads=2),
-}
-
-
-def build_gemma4(path: Path, variant: str, seed: int = 0) -> Path:
-    """A tiny Gemma 4 text model with non-trivial norms and layer scalars."""
-    import transformers
-
-    torch.manual_seed(seed)
-    config = transformers.Gemma4TextConfig(**GEMMA4, **GEMMA4_VARIANTS[variant])
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                param.uniform_(0.5, 1.5)
-        for layer in model.model.layers:
-            layer.layer_scalar.uniform_(0.5, 1.5)
-    model.save_pretrained(path, max_shard_size="60KB")
-    return path
-
-
-def masked_gemma4(src: Path, keep: dict[str, Any]) -> torch.nn.Module:
-    """Gemma 4 with pruned hidden channels and ffn neurons zeroed (embedding columns; o_proj,
-    down_proj and per_layer_projection rows), layers removed with their per-layer-embedding blocks."""
-    model = load(src)
-    cfg, base = model.config, model.model
-    with torch.no_grad():
-        if "hidden" in keep:
-            gone = sorted(set(range(cfg.hidden_size)) - set(keep["hidden"]))
-            base.embed_tokens.weight[:, gone] = 0
-            for layer in base.layers:
-                writers = [layer.self_attn.o_proj, layer.mlp.down_proj]
-                writers += [layer.per_layer_projection] if cfg.hidden_size_per_layer_input else []
-                for proj in writers:
-                    proj.weight[gone, :] = 0
-        for i, layer in enumerate(base.layers):
-            if str(i) in keep.get("ffn", {}):
-                layer.mlp.down_proj.weight[:, sorted(set(range(cfg.intermediate_size)) - set(keep["ffn"][str(i)]))] = 0
-    kept = keep.get("layers", list(range(cfg.num_hidden_layers)))
-    if cfg.hidden_size_per_layer_input:
-        p = cfg.hidden_size_per_layer_input
-        cols = torch.tensor([i * p + j for i in kept for j in range(p)])
-        base.embed_tokens_per_layer.weight = torch.nn.Parameter(base.embed_tokens_per_layer.weight[:, cols].clone())
-        base.per_layer_model_projection.weight = torch.nn.Parameter(base.per_layer_model_projection.weight[cols].clone())
-    base.layers = torch.nn.ModuleList(base.layers[i] for i in kept)
-    for new, layer in enumerate(base.layers):
-        layer.self_attn.layer_idx = new
-    cfg.layer_types = [cfg.layer_types[i] for i in kept]
     cfg.num_hidden_layers = len(kept)
     return model

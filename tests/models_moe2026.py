@@ -54,6 +54,13 @@ def build(path: Path, variant: str, seed: int = 0, layers: int = 4, **overrides:
     name, extra = FAMILIES[variant]
     config = getattr(transformers, name)(**{**BASE, "num_hidden_layers": layers, **extra, **overrides})
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    init_weights(model)
+    model.save_pretrained(path, max_shard_size="200KB")
+    return path
+
+
+def init_weights(model: torch.nn.Module) -> None:
+    """Non-trivial norms, biases, sinks and routers (a fresh model's are ones and zeros), in place."""
     with torch.no_grad():
         for pname, param in model.named_parameters():
             if "norm" in pname and pname.endswith("weight"):
@@ -63,8 +70,6 @@ def build(path: Path, variant: str, seed: int = 0, layers: int = 4, **overrides:
         for module in model.modules():
             if hasattr(module, "e_score_correction_bias"):
                 module.e_score_correction_bias.normal_(0, 0.05)
-    model.save_pretrained(path, max_shard_size="200KB")
-    return path
 
 
 def add_mtp(path: Path) -> Path:
@@ -118,12 +123,17 @@ def load(path: Path, mtp_as_layer: bool = False) -> torch.nn.Module:
 def masked_reference(src: Path, keep: dict[str, Any], mtp_as_layer: bool = False) -> torch.nn.Module:
     """The source with pruned units zeroed, experts and layers removed (see module doc)."""
     model = load(src, mtp_as_layer)
-    cfg = model.config
+    mask_language_model(model.model, model.config, keep, mtp_as_layer)
+    return model
+
+
+def mask_language_model(lm: torch.nn.Module, cfg: Any, keep: dict[str, Any], mtp_as_layer: bool = False) -> None:
+    """Mask a language model (`embed_tokens`, `layers`) and its text config in place (see masked_reference)."""
     hd = getattr(cfg, "v_head_dim", None) or getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    layers = model.model.layers
+    layers = lm.layers
     with torch.no_grad():
         gone_hidden = sorted(set(range(cfg.hidden_size)) - set(keep.get("hidden", range(cfg.hidden_size))))
-        model.model.embed_tokens.weight[:, gone_hidden] = 0
+        lm.embed_tokens.weight[:, gone_hidden] = 0
         for i, layer in enumerate(layers):
             mlp = layer.mlp
             o_proj = layer.self_attn.o_proj if hasattr(layer, "self_attn") else layer.linear_attn.out_proj
@@ -149,13 +159,12 @@ def masked_reference(src: Path, keep: dict[str, Any], mtp_as_layer: bool = False
     kept = list(keep.get("layers", range(cfg.num_hidden_layers)))
     if mtp_as_layer:
         kept += list(range(len(layers) - cfg.num_nextn_predict_layers, len(layers)))
-    model.model.layers = torch.nn.ModuleList(layers[i] for i in kept)
-    for new, layer in enumerate(model.model.layers):
+    lm.layers = torch.nn.ModuleList(layers[i] for i in kept)
+    for new, layer in enumerate(lm.layers):
         (layer.self_attn if hasattr(layer, "self_attn") else layer.linear_attn).layer_idx = new
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = [cfg.layer_types[i] for i in kept]
     cfg.num_hidden_layers = len(kept)
-    return model
 
 
 def FUSED_IH(mlp: torch.nn.Module) -> bool:  # noqa: N802

@@ -16,8 +16,9 @@ import torch
 import prune_surgery as ps
 from models import keep_of, load, logits, sample_ids
 from models_families import masked_reference
-from models_families_2026 import (build, build_gemma4, build_vlm, build_hub_gpt2, load_vlm, masked_gemma4, masked_vlm, masked_gpt2,
-                                  masked_qwen3_5, vlm_logits)
+from models_families_2026 import build, build_vlm, build_hub_gpt2, load_vlm, masked_vlm, masked_gpt2, masked_qwen3_5, vlm_logits
+from models_gemma4 import build_gemma4, masked_gemma4
+from models_families_2026 import gemma3_in_memory_layout
 from prune_surgery.errors import ArchitectureError, SpecError
 from test_families import _config, _tensors
 
@@ -172,21 +173,7 @@ def test_gemma3_vlm_language_model_cuts_are_exact(gemma3_vlm, tmp_path, images):
 
 def test_gemma3_vlm_in_memory_layout_is_kept(gemma3_vlm, tmp_path):
     """Checkpoints saved as `model.language_model.*` / `model.vision_tower.*` (the in-memory names)."""
-    from safetensors.numpy import load_file, save_file
-
-    src = tmp_path / "src"
-    shutil.copytree(gemma3_vlm, src)
-    moves = {"language_model.model.": "model.language_model.", "vision_tower.": "model.vision_tower.",
-             "multi_modal_projector.": "model.multi_modal_projector.", "language_model.lm_head.": "lm_head."}
-    for shard in src.glob("*.safetensors"):
-        renamed = {}
-        for key, value in load_file(shard).items():
-            old = next((o for o in moves if key.startswith(o)), "")
-            renamed[moves[old] + key[len(old):] if old else key] = value
-        save_file(renamed, str(shard), metadata={"format": "pt"})
-    index = json.loads((src / "model.safetensors.index.json").read_text())
-    index["weight_map"] = {next((moves[o] + k[len(o):] for o in moves if k.startswith(o)), k): v for k, v in index["weight_map"].items()}
-    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    src = gemma3_in_memory_layout(gemma3_vlm, tmp_path / "src")
     ps.run(src, tmp_path / "out", ps.PruneSpec(sizes={"intermediate_size": 64}, drop_layers=(1,)))
     names = set(_tensors(tmp_path / "out"))
     assert "model.language_model.layers.2.mlp.down_proj.weight" in names and "model.vision_tower.post_layernorm.weight" in names
@@ -267,11 +254,10 @@ def test_gemma4_width_and_depth_are_exact(gemma4, tmp_path, variant):
     assert plan.new_config["num_hidden_layers"] == 3
 
 
-def test_gemma4_kv_producer_drop_and_heads_are_refused(gemma4):
+def test_gemma4_kv_producer_drop_is_refused(gemma4):
+    """(Head pruning per layer type: tests/test_gemma4_2026.py.)"""
     with pytest.raises(SpecError, match="produces the KV cache"):
         ps.plan(gemma4["ple_shared"], ps.PruneSpec(drop_layers=(1,)))
-    with pytest.raises(SpecError, match="not a prunable size of gemma4"):
-        ps.plan(gemma4["dense"], ps.PruneSpec(sizes={"num_attention_heads": 4}))
 
 
 def test_qwen3_5_layer_types_must_match_the_tensor_sets(ckpts, tmp_path):

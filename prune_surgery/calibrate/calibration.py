@@ -21,7 +21,7 @@ from .. import __version__
 from ..sizes import source_sizes
 from .data import calibration_windows
 from .layerwise import LayerwiseModel
-from .readers import layer_readers
+from .readers import expert_space, layer_readers
 from .scorefile import Scores, config_hash, save_scores
 from .session import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, Progress, micro_batch, open_for_forward
 from .stats import LayerRecorder, Stats, new_stats
@@ -120,15 +120,13 @@ def calibrate(src: str | Path, data: Sequence[str | Path], out: str | Path, *, t
     else:
         start_layer, hidden, last, stats, influence = state
         hidden = hidden.to(device)
-        engine.embed(ids[:micro], micro)  # the layers' arguments for each micro-batch shape
-        if n % micro:
-            engine.embed(ids[-(n % micro):], micro)
+        engine.record(ids, micro)  # the layers' arguments for each micro-batch
     partial.mkdir(parents=True, exist_ok=True)
     clock = time.monotonic()
-    expert_space = source.arch.placeholders.get("expert")
-    num_experts = sizes.get(expert_space, 0) if expert_space else 0
+    space = expert_space(source.arch)
+    num_experts = sizes.get(space, 0) if space else 0
     for index in range(start_layer, layers):
-        recorder = LayerRecorder(readers.get(index, {}), {}, stats, expert_space, num_experts)
+        recorder = LayerRecorder(readers.get(index, {}), {}, stats, space, num_experts)
         hooks = _hook_routing(engine, index, recorder)
 
         def around(start: int, h_in: torch.Tensor, rec: LayerRecorder = recorder, i: int = index) -> Any:

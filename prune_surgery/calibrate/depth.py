@@ -25,7 +25,7 @@ SPLIT_SAMPLES = 4
 def _advance(engine: LayerwiseModel, index: int, hidden: torch.Tensor, micro: int) -> torch.Tensor:
     out = hidden.clone()
     for start in range(0, out.shape[0], micro):
-        out[start : start + micro] = engine.forward(index, out[start : start + micro])
+        out[start : start + micro] = engine.forward(index, out[start : start + micro], start)
     return out
 
 

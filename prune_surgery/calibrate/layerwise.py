@@ -1,20 +1,25 @@
 """Run a checkpoint through stock `transformers` modules one decoder layer at a time.
 
-The model is built from its config with every parameter on the ``meta`` device (no memory).
+The model (the class `transformers` runs the checkpoint with: a causal LM, or a VLM's image-text
+class given text only) is built from its config with every parameter on the ``meta`` device.
 Resident at any time: one decoder layer's weights (read from the memory-mapped shards through
 `transformers`' own weight conversions, so fused expert tensors load as they do in
 ``from_pretrained``), the residual stream of every window, and one micro-batch of temporaries.
 
 1. **embed**: the model's own forward runs with each decoder layer replaced by a recorder that
-   keeps the arguments the model passes it (masks, position embeddings: they depend only on the
-   window shape) and stops after the last; the first recorder's input is the embedded stream.
+   keeps the arguments the model passes it for each micro-batch (masks and position embeddings
+   depend on the window shape only and are kept once; per-layer input embeddings or a KV-sharing
+   dict are the micro-batch's own) and stops after the last; the first recorder's input is the
+   embedded stream.
 2. **layers**: each layer is materialized, every micro-batch goes through its stock forward with
-   the recorded arguments, and the layer goes back to ``meta``.
-3. **head**: the model's forward runs again with layers replaced by injectors that return the
-   final stream, a chunk of tokens at a time, so the model's own final norm, lm_head and logit
-   soft-capping produce the logits; never [tokens x vocab] at once.
+   its recorded arguments, and the layer goes back to ``meta``.
+3. **head**: the model's forward runs again on token ids 0, its embedding tables empty (zeros,
+   never loaded) and its layers replaced by injectors that return the final stream, a chunk of
+   tokens at a time, so the model's own final norm, lm_head and logit soft-capping produce the
+   logits; never [tokens x vocab] at once.
 
-The decoder layer list is found from the table (the template prefix before ``{layer}``); no
+The decoder layer list is where `transformers`' key renaming puts the table's ``{layer}`` tensors
+(:mod:`modelclass`); only the text path loads besides it (a vision tower stays on ``meta``); no
 family is named here.
 """
 
@@ -30,45 +35,16 @@ import torch
 
 from ..api import Source
 from ..errors import ArchitectureError, CheckpointError
-
-
-def param_namer(model: torch.nn.Module) -> Callable[[str], str]:
-    """A function from checkpoint tensor names to the `model` parameters they load into.
-
-    It applies `transformers`' own renaming and conversion rules (per-expert tensors land in
-    fused 3-D parameters); a name they leave alone maps to itself.
-    """
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
-
-    mapping = get_model_conversion_mapping(model)
-    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
-    converters = [m for m in mapping if isinstance(m, WeightConverter)]
-    state = model.state_dict()
-    prefix = getattr(model, "base_model_prefix", "")
-
-    def name_of(name: str) -> str:
-        renamed, _ = rename_source_key(name, renamings, converters, prefix, state)
-        return renamed if renamed in state else name
-
-    return name_of
-
-
-def eager_experts(model: torch.nn.Module) -> None:
-    """Run fused experts one by one (``eager``): each expert's slice then goes through ``F.linear``,
-    where its statistics are read.  Models without fused experts are left alone."""
-    can = getattr(type(model), "_can_set_experts_implementation", None)
-    if can is not None and can():
-        model.set_experts_implementation("eager")
+from .modelclass import build_on_meta, decoder_layers, eager_experts, on_text_path, param_namer, text_path
 
 
 @contextlib.contextmanager
-def _forward_errors(layer: int | None) -> Iterator[None]:
+def _forward_errors(layer: int | str | None) -> Iterator[None]:
     """A forward that transformers cannot run on this checkpoint becomes one line."""
     try:
         yield
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        where = f"decoder layer {layer}" if layer is not None else "the embedding"
+        where = f"decoder layer {layer}" if isinstance(layer, int) else layer or "the embedding"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ArchitectureError(f"the transformers forward of {where} failed ({first}); this checkpoint cannot be run layer by layer") from exc
 
@@ -79,6 +55,19 @@ def _trim_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _shared(new: Any, first: Any) -> Any:
+    """`new` with every tensor equal to its counterpart in `first` replaced by that one (masks and
+    rotary tables are kept once per shape); other objects, such as a dict the layers share state
+    through, keep their identity."""
+    if isinstance(new, torch.Tensor):
+        same = (isinstance(first, torch.Tensor) and first.shape == new.shape and first.dtype == new.dtype
+                and first.device == new.device and not new.is_meta and torch.equal(first, new))
+        return first if same else new
+    if type(new) in (tuple, list) and type(first) is type(new) and len(first) == len(new):
+        return type(new)(_shared(a, b) for a, b in zip(new, first))
+    return new
 
 
 class _Stop(Exception):
@@ -113,8 +102,6 @@ class LayerwiseModel:
     """A checkpoint executed layer by layer with `transformers` modules."""
 
     def __init__(self, source: Source, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
-        import transformers
-        from accelerate import init_empty_weights
         from transformers.conversion_mapping import get_model_conversion_mapping
 
         root = source.local_root
@@ -123,13 +110,7 @@ class LayerwiseModel:
         _quiet_transformers()
         self.source, self.arch, self.ckpt = source, source.arch, source.checkpoint
         self.dtype, self.device = dtype, torch.device(device)
-        try:
-            config = transformers.AutoConfig.from_pretrained(str(root))
-            with init_empty_weights(include_buffers=False):
-                self.model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ArchitectureError(f"transformers cannot build {config.model_type if 'config' in dir() else 'this model'} "
-                                    f"from its config ({str(exc).splitlines()[0]}); calibration needs a model transformers can run") from None
+        self.model = build_on_meta(Path(root), dtype)
         self.model.eval()
         eager_experts(self.model)
         for owner in self.model.modules():  # buffers (rotary frequencies, scales) live on the device
@@ -147,10 +128,13 @@ class LayerwiseModel:
             self.params.setdefault(self.to_param(name), []).append(name)
             if "layer" in claim[1]:
                 self.layer_of[name] = claim[1]["layer"]
-        self.layers = self._layer_list()
+        self.layers_path, self.layers = decoder_layers(self.model, self.arch, self.ckpt, self.to_param)
+        self.text_path = text_path(self.model, self.layers_path)
         self._handles: dict[str, Any] = {}
         self._mode = "embed"
-        self._captured: dict[tuple[int, ...], list[tuple[tuple, dict]]] = {}
+        self._captured: dict[int, list[tuple[tuple, dict]]] = {}  # micro-batch start -> per layer (args, kwargs)
+        self._by_shape: dict[tuple[int, ...], list[tuple[tuple, dict]]] = {}  # the first micro-batch of each shape
+        self._start = 0
         self._first: torch.Tensor | None = None
         self._final: torch.Tensor | None = None
 
@@ -158,17 +142,6 @@ class LayerwiseModel:
     def to_param(self, name: str) -> str:
         """The model parameter a checkpoint tensor is loaded into (transformers' renaming rules)."""
         return self._to_param(name)
-
-    def _layer_list(self) -> torch.nn.ModuleList:
-        prefixes = {r.template.split("{layer}")[0].rstrip(".") for r in self.arch.roles.values() if "{layer}" in r.template}
-        for prefix in sorted(prefixes):
-            for candidate in (prefix, prefix.split(".", 1)[-1]):
-                with contextlib.suppress(AttributeError):
-                    module = self.model.get_submodule(candidate)
-                    if isinstance(module, torch.nn.ModuleList):
-                        return module
-        raise ArchitectureError(f"cannot find the decoder layers of {self.arch.family} in the transformers model "
-                                f"(looked for {', '.join(sorted(prefixes))}); the table and the model disagree")
 
     @property
     def num_layers(self) -> int:
@@ -181,10 +154,7 @@ class LayerwiseModel:
         return {id(p): f"{prefix}.{n}" for n, p in self.layers[index].named_parameters()}
 
     def _layer_prefix(self, index: int) -> str:
-        for name, module in self.model.named_modules():
-            if module is self.layers[index]:
-                return name
-        raise ArchitectureError(f"decoder layer {index} is not part of the model")
+        return f"{self.layers_path}.{index}"
 
     # -- weights -----------------------------------------------------------------------------
     def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
@@ -223,12 +193,14 @@ class LayerwiseModel:
                 self._tied(module, name, full)
 
     def _tied(self, module: torch.nn.Module, name: str, full: str) -> None:
-        claim = self.arch.match(full) if full not in self.params else None
-        role = claim[0] if claim else None
-        source = self.arch.roles.get(role.tied_to) if role is not None and role.tied_to else None
-        if source is None or source.template not in self.ckpt.tensors:
+        """Fill parameter `full`, which the checkpoint does not hold, from the tensor its role is tied to
+        (the table's `tied_to`; the role found through transformers' renaming of its template)."""
+        tied = {r.tied_to for r in (*self.arch.roles.values(), *self.arch.alias_roles)
+                if r.tied_to and not r.placeholders and full in (r.template, self.to_param(r.template))}
+        stored = [t for t in self.ckpt.tensors if (c := self.arch.match(t)) is not None and c[0].role in tied]
+        if not stored:
             raise CheckpointError(f"the checkpoint holds no tensor for parameter {full}; it cannot run")
-        value = self._read([source.template])[source.template].to(self.device, self.dtype)
+        value = self._read(stored[:1])[stored[0]].to(self.device, self.dtype)
         owner, _, leaf = name.rpartition(".")
         setattr(module.get_submodule(owner) if owner else module, leaf, torch.nn.Parameter(value, requires_grad=False))
 
@@ -248,16 +220,29 @@ class LayerwiseModel:
         _trim_heap()
 
     @contextlib.contextmanager
-    def _outer_lazy(self) -> Iterator[None]:
-        """Materialize non-layer modules (embedding, final norm, lm_head) when the forward calls them."""
+    def _outer_lazy(self, empty_embeddings: bool = False) -> Iterator[None]:
+        """Materialize non-layer modules (embedding, final norm, lm_head) when the forward calls them.
+
+        Only modules on the text path load; a forward that reaches another (a vision tower) is refused.
+        With `empty_embeddings` every embedding table is zeros, one row broadcast, and is not loaded
+        (the head stage: its layers are injectors, what enters them does not matter).
+        """
         layer_ids = {id(m) for layer in self.layers for m in layer.modules()}
-        hooks, loaded = [], []
+        hooks, loaded, emptied = [], [], []
         for name, module in self.model.named_modules():
             if id(module) in layer_ids or not any(True for _ in module.parameters(recurse=False)):
+                continue
+            if empty_embeddings and isinstance(module, torch.nn.Embedding) and module.weight.is_meta:
+                zeros = torch.zeros(1, module.embedding_dim, dtype=self.dtype, device=self.device)
+                module._parameters["weight"] = torch.nn.Parameter(zeros.expand(module.weight.shape), requires_grad=False)
+                emptied.append(module)
                 continue
 
             def pre(mod: torch.nn.Module, args: Any, _name: str = name) -> None:
                 if any(p.is_meta for p in mod.parameters(recurse=False)):
+                    if not on_text_path(_name, self.text_path):
+                        raise ArchitectureError(f"the text-only forward reached {_name}, outside the language model "
+                                                f"({', '.join(self.text_path)}); it stays unloaded, so this model cannot run layer by layer")
                     self.materialize(mod, _name)
                     loaded.append(mod)
 
@@ -267,7 +252,7 @@ class LayerwiseModel:
         finally:
             for hook in hooks:
                 hook.remove()
-            for mod in loaded:
+            for mod in loaded + emptied:
                 self.free(mod)
 
     # -- the three stages --------------------------------------------------------------------
@@ -278,7 +263,7 @@ class LayerwiseModel:
         for i, layer in enumerate(originals):
             self.layers[i] = _Stand(layer, i, self)
         try:
-            with self._outer_lazy():
+            with self._outer_lazy(empty_embeddings=mode == "head"):
                 yield
         finally:
             for i, layer in enumerate(originals):
@@ -286,9 +271,13 @@ class LayerwiseModel:
 
     def _stand_in(self, index: int, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
         if self._mode == "embed":
-            calls = self._captured.setdefault(tuple(hidden.shape[:2]), [])
-            if len(calls) < self.num_layers:  # the arguments depend on the shape only: one set per shape
-                calls.append((args, kwargs))
+            calls = self._captured.setdefault(self._start, [])
+            if len(calls) < self.num_layers:
+                first = self._by_shape.setdefault(tuple(hidden.shape[:2]), [])
+                if len(first) <= index:
+                    first.append((args, kwargs))
+                args_first, kwargs_first = first[index]
+                calls.append((_shared(args, args_first), {k: _shared(v, kwargs_first.get(k)) for k, v in kwargs.items()}))
             if index == 0:
                 self._first = hidden
             if index == self.num_layers - 1:
@@ -298,20 +287,39 @@ class LayerwiseModel:
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor, micro: int) -> torch.Tensor:
-        """The residual stream entering layer 0 for windows `ids` [N, T] (compute dtype, on the device)."""
+        """The residual stream entering layer 0 for windows `ids` [N, T] (compute dtype, on the device).
+
+        It also records the arguments the model passes each layer for each micro-batch (windows
+        ``start`` onwards): masks and rotary tables depend on the shape only and are shared, but some
+        depend on the tokens (per-layer input embeddings) or carry state from layer to layer (a KV
+        sharing dict).
+        """
+        parts = self._embed(ids, micro, keep=True)
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def record(self, ids: torch.Tensor, micro: int) -> None:
+        """Record the layers' arguments for windows `ids` only (a resumed run has its stream)."""
+        self._embed(ids, micro, keep=False)
+
+    def _embed(self, ids: torch.Tensor, micro: int, keep: bool) -> list[torch.Tensor]:
         parts = []
         with self._standing("embed"):
             for start in range(0, ids.shape[0], micro):
                 batch = ids[start : start + micro].to(self.device)
+                self._start = start
+                self._captured[start] = []
                 with contextlib.suppress(_Stop), _forward_errors(None):
                     self.model(input_ids=batch, use_cache=False)
                 assert self._first is not None
-                parts.append(self._first.to(self.dtype))
-        return torch.cat(parts)
+                if keep:
+                    parts.append(self._first.to(self.dtype))
+        return parts
 
-    def layer_args(self, index: int, shape: tuple[int, int]) -> tuple[tuple, dict]:
-        """The arguments the model passes decoder layer `index` for a micro-batch of `shape`."""
-        return self._captured[shape][index]
+    def layer_args(self, index: int, shape: tuple[int, int], start: int | None = None) -> tuple[tuple, dict]:
+        """The arguments the model passes decoder layer `index` for the micro-batch at window `start`
+        (None: those of the first micro-batch of `shape`, right only for arguments of the shape alone)."""
+        return self._by_shape[shape][index] if start is None else self._captured[start][index]
 
     @contextlib.contextmanager
     def resident(self, index: int) -> Iterator[torch.nn.Module]:
@@ -324,9 +332,10 @@ class LayerwiseModel:
             self.free(layer)
 
     @torch.no_grad()
-    def forward(self, index: int, h_in: torch.Tensor) -> torch.Tensor:
-        """One micro-batch through the (resident) decoder layer `index`, with the model's arguments."""
-        args, kwargs = self.layer_args(index, tuple(h_in.shape[:2]))
+    def forward(self, index: int, h_in: torch.Tensor, start: int | None = None) -> torch.Tensor:
+        """One micro-batch (windows `start` onwards) through the (resident) decoder layer `index`, with
+        the arguments the model passes it for those windows."""
+        args, kwargs = self.layer_args(index, tuple(h_in.shape[:2]), start)
         with _forward_errors(index):
             out = self.layers[index](h_in, *args, **kwargs)
         if isinstance(out, tuple):
@@ -348,17 +357,22 @@ class LayerwiseModel:
             for start in range(0, hidden.shape[0], micro):
                 h_in = hidden[start : start + micro]
                 with around(start, h_in) if around else contextlib.nullcontext():
-                    out = self.forward(index, h_in)
+                    out = self.forward(index, h_in, start)
                 if observe:
                     observe(start, h_in, out)
                 hidden[start : start + micro] = out
 
     @torch.no_grad()
     def logits(self, final: torch.Tensor) -> torch.Tensor:
-        """Logits (float32) of a final stream chunk [B, t, H], through the model's own head."""
+        """Logits (float32) of a final stream chunk [B, t, H], through the model's own head.
+
+        The model runs on token ids 0 with empty embeddings: from ``inputs_embeds`` alone some
+        models reverse the embedding to find the ids (per-layer input embeddings), which needs it loaded.
+        """
         self._final = final
-        dummy = torch.zeros_like(final)
-        return self.model(inputs_embeds=dummy, use_cache=False).logits.float()
+        ids = torch.zeros(final.shape[:2], dtype=torch.long, device=self.device)
+        with _forward_errors("the head"):
+            return self.model(input_ids=ids, use_cache=False).logits.float()
 
     @contextlib.contextmanager
     def head(self) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:

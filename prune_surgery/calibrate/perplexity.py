@@ -42,7 +42,7 @@ def head_nll(engine: LayerwiseModel, finals: list[torch.Tensor], ids: torch.Tens
     The head's weights are loaded once for all streams; logits come a chunk of tokens at a time.
     """
     n, length = ids.shape
-    vocab = engine.source.checkpoint.config.get("vocab_size") or 32000
+    vocab = getattr(engine.model.config.get_text_config(), "vocab_size", None) or 32000
     chunk = max(1, LOGIT_BYTES // (4 * int(vocab)))
     totals = [0.0] * len(finals)
     with engine.head() as logits_of:

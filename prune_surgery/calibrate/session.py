@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..api import Source, open_source
-from ..errors import SpecError
+from ..errors import ArchitectureError, SpecError
+from ..quant import quant_format
 from ..spec import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN  # noqa: F401  (re-exported for the verbs)
 
 MICRO_TOKENS = 4096  # tokens per micro-batch: the temporaries of one forward stay small
@@ -60,6 +61,10 @@ def open_for_forward(src: str | Path, *, device: str = "cpu", dtype: str | None 
     source = open_source(src, revision=revision)
     if source.local_root is None:
         raise SpecError("calibration and eval read a local copy of the checkpoint; drop --stream")
+    quantized = quant_format(source.checkpoint.config, False)
+    if quantized is not None:
+        raise ArchitectureError(f"{src} holds {quantized.label}-quantized weights, which calibration, eval and refit do not "
+                                f"run; write a dequantized copy first ('prune-surgery run {src} DENSE --dequantize') and use it")
     return Opened(source, Path(source.local_root), load_tokenizer(Path(source.local_root)), names[chosen], device)
 
 

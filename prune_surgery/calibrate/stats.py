@@ -1,8 +1,8 @@
 """Raw per-unit activation sums, recorded while a decoder layer runs its stock forward.
 
-Every ``F.linear`` call inside the layer is seen by a torch function mode; when its weight is a
-reader of a prunable space (see :mod:`readers`), the input columns of each unit are summed in
-float64:
+Every ``F.linear``, ``addmm`` and matrix product inside the layer is seen by a torch function
+mode; when its weight is a reader of a prunable space (see :mod:`readers`), the input columns of
+each unit are summed in float64:
 
 - ``abs``: sum over tokens of |x| (of the unit's L2 norm per token when a unit spans several
   columns, e.g. a head of ``head_dim`` columns), ``sq``: sum of x^2, ``win_sq``: sum over windows
@@ -12,13 +12,14 @@ float64:
 
 Global spaces (hidden) are recorded per layer and summed later.  Hidden channels are read only
 from readers that see every token of the micro-batch, once per distinct input tensor (q/k/v share
-one input), so the same activation is never counted twice.
+one input), so the same activation is never counted twice.  An expert slice's rows are matched
+to windows through the routing even when every token went to that expert: its rows are then in
+routing order, not token order, and its input still does not count for hidden.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import replace
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -44,11 +45,17 @@ def same_input(x: torch.Tensor, seen: list[torch.Tensor]) -> bool:
     return any(x.data_ptr() == t.data_ptr() and x.numel() == t.numel() for t in seen)
 
 
-class LinearTap(TorchFunctionMode):
-    """Sees every ``F.linear`` of a layer's forward whose weight is a known reader (or its expert slice).
+_MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm)
 
-    Subclasses implement :meth:`on_linear`.  `params` maps id(parameter tensor) -> parameter name
-    (set once the layer is materialized).
+
+class LinearTap(TorchFunctionMode):
+    """Sees every product of a layer's forward with a known reader (or its expert slice) as weight.
+
+    ``F.linear(x, W)`` contracts W's axis 1, ``addmm(b, x, W)``, ``x @ W`` and ``mm(x, W)`` its
+    axis 0; whether that is the parameter's last axis (stored [out, in]) or the one before it
+    (stored [in, out]: GPT-2's Conv1D, [experts, in, out] stacks) is read from the strides, so a
+    transposed view is read right too.  Subclasses implement :meth:`on_linear`.  `params` maps
+    id(parameter tensor) -> parameter name (set once the layer is materialized).
     """
 
     def __init__(self, readers: dict[tuple[str, int | None], Reader], params: dict[int, str]) -> None:
@@ -68,23 +75,39 @@ class LinearTap(TorchFunctionMode):
         base = weight._base
         if base is None or id(base) not in self.params:
             return None
+        whole = self.readers.get((self.params[id(base)], None))
+        if whole is not None:
+            return whole
         expert = (weight.storage_offset() - base.storage_offset()) // base.stride(0)
         return self.readers.get((self.params[id(base)], expert))
+
+    def _view(self, weight: object, contracted: int) -> Reader | None:
+        """The reader of a 2-D `weight` whose axis `contracted` is summed over, seen as it is applied."""
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            return None
+        reader = self._reader(weight)
+        if reader is None:
+            return None
+        base = weight._base if weight._base is not None else weight
+        # (a contracted length of 1 shows no stride: the call's own convention decides)
+        if weight.stride(contracted) == base.stride(-1) and (weight.shape[contracted] > 1 or contracted == 1):
+            return reader  # the parameter's last axis is the input: stored [out, in]
+        return reader.as_stored_in_out() if reader.rows else None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if func is torch.nn.functional.linear:
-            weight = args[1] if len(args) > 1 else kwargs.get("weight")
-            reader = self._reader(weight) if isinstance(weight, torch.Tensor) else None
-            if reader is not None:
-                with torch.no_grad():
-                    self.on_linear(reader, args[0], out)
-        elif func is torch.addmm and len(args) >= 3 and isinstance(args[2], torch.Tensor):  # x @ W, W stored [in, out]
-            reader = self._reader(args[2])
-            if reader is not None and reader.rows:
-                with torch.no_grad():
-                    self.on_linear(replace(reader, segments=reader.rows, transposed=True), args[1], out)
+            x, reader = args[0], self._view(args[1] if len(args) > 1 else kwargs.get("weight"), 1)
+        elif func is torch.addmm and len(args) >= 3:
+            x, reader = args[1], self._view(args[2], 0)
+        elif func in _MATMULS and len(args) >= 2:
+            x, reader = args[0], self._view(args[1], 0)
+        else:
+            return out
+        if reader is not None:
+            with torch.no_grad():
+                self.on_linear(reader, x, out)
         return out
 
     def full(self, x: torch.Tensor) -> bool:
@@ -123,10 +146,13 @@ class LayerRecorder(LinearTap):
         _add(self.stats[(self.expert_space or "experts", str(layer))], "route_weight", mass[: self.num_experts])
 
     def _windows(self, x: torch.Tensor, reader: Reader) -> torch.Tensor | None:
-        """Window index of every row of an expert's input (the tokens routed to it), or None."""
+        """Window index of every row of an expert's input (the tokens routed to it, even when that is
+        every token), or None (not an expert slice, or one that computes every token in order)."""
         if self.routing is None or reader.expert is None:
             return None
         token = torch.where((self.routing == reader.expert).T)[1]  # the eager experts' order
+        if token.numel() != x.shape[0] and self.full(x):
+            return None
         if token.numel() != x.shape[0]:
             raise RuntimeError(f"expert {reader.expert} of layer {reader.layer} saw {x.shape[0]} tokens but "
                                f"{token.numel()} were routed to it; this experts implementation is not supported")
@@ -135,8 +161,8 @@ class LayerRecorder(LinearTap):
     def on_linear(self, reader: Reader, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add a reader's input to the sums of its units."""
         batch, seq = self.batch_shape
-        full = self.full(x)
-        windows = None if full else self._windows(x, reader)
+        windows = self._windows(x, reader)
+        full = windows is None and self.full(x)
         original, x = x, x.to(torch.float64)
         if full:
             x = x.reshape(batch, seq, x.shape[-1])

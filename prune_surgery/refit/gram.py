@@ -1,9 +1,12 @@
 """Input Gram matrices of the readers being refit, accumulated in float64 while a layer runs.
 
 Each reader's sums run over every token and, separately, over a held-out part of the windows
-(every ``VAL_EVERY``-th window, for the choice of lambda).  Readers that receive the same
-input tensor (q/k/v, gate/up) share one Gram.  Expert slices see only their routed tokens and
-are not split.  One-shot Grams hold only the kept columns C[:, K] (`keeps`).  In sequential mode
+(every ``VAL_EVERY``-th window, for the choice of lambda).  Readers that receive the same input
+tensor (q/k/v, gate/up) and keep the same columns share one Gram.  Expert slices see only their
+routed tokens and have no held-out part.  One-shot sums hold only the kept columns C[:, K] (the
+kept units of the reader's input axis, read from the plan), so a reader that lost no input unit
+has none.  Weights stored [in, out] (GPT-2's Conv1D, the slices of [experts, in, out] stacks,
+applied as ``x @ W``) are marked, so their input axis is solved as axis -2.  In sequential mode
 the dense model's inputs of the same tokens are captured first (:class:`InputCapture`) and the
 pruned model's tap accumulates C_xy = sum x y^T beside C_yy.  The sums stay on the device the
 layer runs on.
@@ -11,6 +14,9 @@ layer runs on.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 
 from ..calibrate.readers import Reader
@@ -18,6 +24,7 @@ from ..calibrate.stats import LinearTap, same_input
 from .solve import Grams
 
 VAL_EVERY = 5
+Key = tuple[str, int | None]  # a reader: (checkpoint tensor name, expert index or None)
 
 
 def _window_split(n_rows: int, batch: int, start: int, device: torch.device) -> torch.Tensor:
@@ -25,6 +32,18 @@ def _window_split(n_rows: int, batch: int, start: int, device: torch.device) -> 
     per = n_rows // batch
     window = torch.arange(start, start + batch, device=device).repeat_interleave(per)
     return window % VAL_EVERY == VAL_EVERY - 1
+
+
+def input_keep(reader: Reader, targets: dict[str, Any]) -> np.ndarray | None:
+    """The kept columns of the input axis of `reader` (as seen: axis -2 when stored [in, out]),
+    or None when none of its tensors lost units there."""
+    for name in reader.names or (reader.name,):
+        tp = targets.get(name)
+        if tp is not None:
+            kept = tp.index[-2] if reader.transposed else tp.index[-1]
+            if kept is not None:
+                return np.asarray(kept, dtype=np.int64)
+    return None
 
 
 class InputCapture(LinearTap):
@@ -36,25 +55,29 @@ class InputCapture(LinearTap):
 
     def on_linear(self, reader: Reader, x: torch.Tensor, y: torch.Tensor) -> None:
         """Keep `x` (float64, tokens x n)."""
-        if self.full(x) and not reader.transposed:
+        if self.full(x):
             self.inputs[reader.name] = x.reshape(-1, x.shape[-1]).to(torch.float64)
 
 
 class GramTap(LinearTap):
-    """Accumulates the Grams of every reader of one layer, keyed by checkpoint tensor name."""
+    """Accumulates the Grams of the refit readers of one layer, keyed by (tensor name, expert).
 
-    def __init__(self, readers: dict[tuple[str, int | None], Reader], params: dict[int, str],
-                 dense: InputCapture | None = None, dense_name: dict[str, str] | None = None,
-                 keeps: dict[str, torch.Tensor] | None = None) -> None:
+    `targets` (source tensor name -> its plan) says which readers are refit and, in one-shot sums,
+    which input columns are kept."""
+
+    def __init__(self, readers: dict[tuple[str, int | None], Reader], params: dict[int, str], targets: dict[str, Any],
+                 dense: InputCapture | None = None, dense_name: dict[str, str] | None = None) -> None:
         super().__init__(readers, params)
-        self.keeps = keeps or {}  # reader -> its kept input columns (one-shot)
+        self.targets = targets
         self.dense = dense
         self.dense_name = dense_name or {}  # this model's tensor name -> the dense model's
-        self.total: dict[str, Grams] = {}
-        self.val: dict[str, Grams] = {}
-        self.alias: dict[str, str] = {}  # reader -> the reader whose Gram it shares
+        self.total: dict[Key, Grams] = {}
+        self.val: dict[Key, Grams] = {}
+        self.alias: dict[Key, Key] = {}  # reader -> the reader whose Gram it shares
+        self.stored_in_out: set[Key] = set()  # readers applied as x @ W (stored [in, out])
+        self.keeps: dict[Key, torch.Tensor | None] = {}
         self.start = 0
-        self._seen: list[tuple[torch.Tensor, str]] = []
+        self._seen: list[tuple[torch.Tensor, Key]] = []
 
     def begin(self, start: int, batch: int, seq: int) -> None:
         """Micro-batch of windows start..start+batch enters."""
@@ -63,49 +86,52 @@ class GramTap(LinearTap):
         self._seen = []
 
     def on_linear(self, reader: Reader, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Add x x^T (or the dense-pruned cross sums) of this micro-batch."""
+        """Add this micro-batch's sums: C[:, K] (one-shot) or the dense-pruned cross sums."""
+        key = (reader.name, reader.expert)
+        if key in self.alias:
+            return
+        if reader.transposed:  # applied as x @ W: GPT-2's Conv1D, the slices of [experts, in, out] stacks
+            self.stored_in_out.add(key)
+        full = self.full(x) and reader.expert is None  # expert slices see their routed tokens only
         name = reader.name
-        if name in self.alias or reader.transposed:  # [in, out] weights (GPT-2 Conv1D) are not refit
-            return
-        full = self.full(x)
         pair = self.dense.inputs.get(self.dense_name.get(name, name)) if self.dense is not None and full else None
-        for seen, owner in self._seen:  # q/k/v (gate/up) read one tensor: one Gram serves them all
-            if same_input(x, [seen]) and owner not in self.alias and name not in self.total and self._same_keep(name, owner):
-                self.alias[name] = owner
-                return
-        self._seen.append((x, name))
-        rows = x.reshape(-1, x.shape[-1]).to(torch.float64)
-        keep = self.keeps.get(name)
-        if keep is None and pair is None:  # nothing to pair this input with: not refit
+        if key not in self.keeps:
+            kept = input_keep(reader, self.targets)
+            self.keeps[key] = None if kept is None else torch.from_numpy(kept).to(x.device)
+        keep = self.keeps[key]
+        if keep is None:  # no input unit lost: nothing to refit from this input
             return
-        if keep is not None:
-            keep = self.keeps[name] = keep.to(rows.device)
-        self._add(self.total, name, rows, pair, keep)
+        for seen, owner in self._seen:  # q/k/v (gate/up) read one tensor: one Gram serves them all
+            if (same_input(x, [seen]) and owner not in self.alias and key not in self.total
+                    and _same(keep, self.keeps.get(owner))):
+                self.alias[key] = owner
+                return
+        self._seen.append((x, key))
+        rows = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        _add(self.total, key, rows, pair, keep)
         if full:
             held = _window_split(rows.shape[0], self.batch_shape[0], self.start, rows.device)
             if bool(held.any()):
-                self._add(self.val, name, rows[held], None if pair is None else pair[held], keep)
+                _add(self.val, key, rows[held], None if pair is None else pair[held], keep)
 
-    def _same_keep(self, name: str, owner: str) -> bool:
-        a, b = self.keeps.get(name), self.keeps.get(owner)
-        return (a is None) == (b is None) and (a is None or torch.equal(a.cpu(), b.cpu()))  # type: ignore[union-attr]
-
-    @staticmethod
-    def _add(target: dict[str, Grams], name: str, y: torch.Tensor, x: torch.Tensor | None,
-             keep: torch.Tensor | None) -> None:
-        if x is None:  # one-shot: y = x[K], C_xy = C[:, K] and C_yy its rows K
-            assert keep is not None, name
-            xy, yy = y.T @ y[:, keep], None
-        else:
-            xy, yy = x.T @ y, y.T @ y
-        if name in target:
-            target[name].add(xy, yy, y.shape[0])
-        elif x is None:
-            target[name] = Grams(xy, None, keep, y.shape[0])
-        else:
-            target[name] = Grams(xy, yy, None, y.shape[0])
-
-    def grams(self, name: str) -> tuple[Grams | None, Grams | None]:
-        """(all tokens, held-out) Grams of a reader (shared ones resolved)."""
-        owner = self.alias.get(name, name)
+    def grams(self, key: Key) -> tuple[Grams | None, Grams | None]:
+        """(all tokens, held-out) sums of the reader (tensor name, expert), shared ones resolved."""
+        owner = self.alias.get(key, key)
         return self.total.get(owner), self.val.get(owner)
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return (a is None) == (b is None) and (a is None or torch.equal(a, b))  # type: ignore[arg-type]
+
+
+def _add(target: dict[Key, Grams], key: Key, y: torch.Tensor, x: torch.Tensor | None, keep: torch.Tensor | None) -> None:
+    """Add one micro-batch to `target[key]`: y is the reader's input, x the dense input beside it."""
+    if x is None:  # one-shot: y = x[K], C_xy = C[:, K] and C_yy its rows K
+        assert keep is not None, key
+        xy, yy = y.T @ y[:, keep], None
+    else:
+        xy, yy = x.T @ y, y.T @ y
+    if key in target:
+        target[key].add(xy, yy, y.shape[0])
+    else:
+        target[key] = Grams(xy, yy, keep if x is None else None, y.shape[0])

@@ -13,6 +13,11 @@ calibration windows (two in sequential mode) and the interpreter with torch (``B
    weight or its right-hand side, result and two n' x n' matrices; the solved values of the layer
    wait to be written.
 
+A weight stored [in, out] is counted on axis 0 when its last axis kept every unit; an [experts,
+a, b] stack has one sum per kept expert (no held-out part) and is held whole in float64 while its
+slices are placed.  Readers that share one input (q/k/v, gate/up) are counted once each, so the
+figure is an upper bound when hidden channels are cut.
+
 Measured on a Llama-3-70B-shaped layer (``bench/refit_memory.py``): see
 ``bench/results/refit_memory.md``.
 """
@@ -42,35 +47,56 @@ MICRO_TOKENS = 4096  # tokens per micro-batch (calibrate.session.MICRO_TOKENS)
 PROBE_ROWS = 2048  # output rows lambda is chosen on (solve.PROBE_ROWS; solve imports torch)
 
 
+def _reader(t: Any) -> tuple[int, int, int, int, bool, int] | None:
+    """(out, n, n', copies, held-out split, stack bytes) of a refit tensor's plan, None if not refit."""
+    index, shape = t.index, t.source.shape
+    if len(index) == 2 and any(i is not None for i in index):
+        axis = 1 if index[1] is not None else 0  # axis 0: the input of a weight stored [in, out]
+        out = len(index[1 - axis]) if index[1 - axis] is not None else shape[1 - axis]
+        return out, shape[axis], len(index[axis]), 1, True, 0
+    if len(index) == 3 and any(i is not None for i in index[1:]):
+        axis = 2 if index[2] is not None else 1
+        other = 3 - axis
+        out = len(index[other]) if index[other] is not None else shape[other]
+        experts = len(index[0]) if index[0] is not None else shape[0]
+        return out, shape[axis], len(index[axis]), experts, False, experts * out * len(index[axis]) * 8
+    return None
+
+
 def refit_peak(plan: Any, windows: int, seq_len: int, mode: str) -> int:
     """Bytes a refit of `plan` holds at its peak (see module doc)."""
     weights: dict[int, int] = {}
-    readers: dict[int, list[tuple[int, int, int]]] = {}  # layer -> (out, n, n') of each refit reader
+    readers: dict[int, list[tuple[int, int, int, int, bool, int]]] = {}  # layer -> refit readers
     for t in plan.tensors:
         layer = t.source.name.split(".layers.")[1].split(".")[0] if ".layers." in t.source.name else None
         if layer is None or not layer.isdigit():
             continue
         weights[int(layer)] = weights.get(int(layer), 0) + t.source.numel * 4
-        if len(t.index) == 2 and t.index[-1] is not None:
-            out = len(t.index[0]) if t.index[0] is not None else t.source.shape[0]
-            readers.setdefault(int(layer), []).append((out, t.source.shape[-1], len(t.index[-1])))
+        found = _reader(t)
+        if found is not None:
+            readers.setdefault(int(layer), []).append(found)
     if not readers:
         return 0
     pairs = mode == "sequential" and "hidden" in plan.keep  # streams of different width: C_yy beside C_xy
+    layers = 2 if mode == "sequential" else 1
     f64 = 8
     peak = 0
     for layer, group in readers.items():
-        total = sum((n * k + (k * k if pairs else 0)) * f64 for _, n, k in group)
-        copies = sum(out * n * 4 for out, n, _ in group)
-        micro = MICRO_TOKENS * max(n for _, n, _ in group) * f64 * 3
-        accumulate = 2 * total + weights[layer] * (2 if mode == "sequential" else 1) + micro
+        total = sum(c * (n * k + (k * k if pairs and val else 0)) * f64 for _, n, k, c, val, _ in group)
+        held = sum((n * k + (k * k if pairs else 0)) * f64 for _, n, k, _, val, _ in group if val)
+        copies = sum(c * out * n * 4 for out, n, _, c, _, _ in group) + sum(s for *_, s in group)
+        micro = MICRO_TOKENS * max(n for _, n, *_ in group) * f64 * 3
+        resident = weights[layer] * (layers - 1)  # the pruned layer stays while the dense one is solved
+        accumulate = total + held + weights[layer] * layers + micro
         # torch's Cholesky writes a new n' x n' beside its input: two at once
-        probe = max((2 * min(out, PROBE_ROWS) * (n + 2 * k) + 2 * k * k) * f64 for out, n, k in group)
-        choose = 2 * total + copies + probe
-        results = sum(out * k * f64 for out, _, k in group)
-        solve = total + copies + results + max(max(out * n + out * k, 2 * k * k + out * k) * f64 for out, n, k in group)
+        probe = max(((2 * min(out, PROBE_ROWS) * (n + 2 * k) + 2 * k * k) * f64
+                     for out, n, k, _, val, _ in group if val), default=0)
+        choose = total + held + copies + probe + resident
+        results = sum(c * out * k * f64 for out, _, k, c, _, _ in group)
+        solve = total + copies + results + resident + max(
+            max(out * n + out * k, 2 * k * k + out * k) * f64 for out, n, k, *_ in group)
         peak = max(peak, accumulate, choose, solve)
-    streams = windows * seq_len * plan.sizes["hidden"] * 4 * (2 if mode == "sequential" else 1)
+    streams = windows * seq_len * plan.sizes["hidden"] * 4 * layers
     return BASE_BYTES + streams + peak
 
 

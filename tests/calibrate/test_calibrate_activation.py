@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import prune_surgery as ps
+from activation_cut import top
 from models import keep_of, load, logits, masked_reference, sample_ids
 from prune_surgery.calibrate.calibration import calibrate
 from prune_surgery.calibrate.scorefile import load_scores, save_scores
@@ -19,19 +20,15 @@ def scored(tiny, text, tmp_path_factory):
     return tiny["llama"], path
 
 
-def _top(score, k):
-    return sorted(np.argsort(-score, kind="stable")[:k].tolist())
-
-
 def test_ffn_and_hidden_keep_the_highest_scores(scored, tmp_path):
     src, path = scored
     scores = load_scores(path)
     spec = ps.PruneSpec(sizes={"intermediate_size": 64, "hidden_size": 48}, method="activation", scores=str(path))
     plan = ps.run(src, tmp_path / "out", spec)
     for layer in range(4):
-        assert plan.keep["ffn"][str(layer)] == _top(np.sqrt(scores.tables[f"ffn/{layer}/win_sq"]), 64)
+        assert plan.keep["ffn"][str(layer)] == top(np.sqrt(scores.tables[f"ffn/{layer}/win_sq"]), 64)
     hidden = sum(np.sqrt(scores.tables[f"hidden/{layer}/win_sq"]) for layer in range(4))
-    assert plan.keep["hidden"] == _top(hidden, 48)
+    assert plan.keep["hidden"] == top(hidden, 48)
     # the output is still exactly the masked original, and records what it was ranked by
     ids = sample_ids()
     assert torch.allclose(logits(load(tmp_path / "out"), ids), logits(masked_reference(src, keep_of(tmp_path / "out")), ids), atol=2e-5)
@@ -47,7 +44,7 @@ def test_gqa_groups_ranked_by_their_heads(scored):
     plan = ps.plan(src, spec)
     for layer in range(4):
         heads = np.sqrt(scores.tables[f"heads/{layer}/win_sq"])  # 8 heads in 4 groups of 2
-        groups = _top(heads.reshape(4, 2).sum(1), 2)
+        groups = top(heads.reshape(4, 2).sum(1), 2)
         expected = [g * 2 + int(np.argmax(heads[g * 2 : g * 2 + 2])) for g in groups]
         assert plan.keep["kv_heads"][str(layer)] == groups
         assert plan.keep["heads"][str(layer)] == expected

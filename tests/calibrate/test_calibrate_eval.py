@@ -19,7 +19,7 @@ def _reference(src, ids):
     return math.exp(float(torch.stack(losses).mean()))
 
 
-@pytest.mark.parametrize("name", ["llama", "llama_tied", "gemma2", "qwen3_moe", "gpt_neox"])
+@pytest.mark.parametrize("name", ["llama", "llama_tied", "gemma2", "qwen3_moe", "gpt_neox", "gemma4_ple"])
 def test_perplexity_equals_transformers_loss(tiny, text, name, monkeypatch):
     monkeypatch.setattr(perplexity, "LOGIT_BYTES", 4 * 128 * 5)  # 5 tokens of logits at a time: many chunks
     src = tiny[name]
