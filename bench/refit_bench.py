@@ -30,18 +30,15 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 WORK = BENCH / "work" / "refit"
+sys.path.insert(0, str(BENCH))
+
+import calibration_bench  # noqa: E402
 
 import prune_surgery as ps  # noqa: E402
 from prune_surgery.calibrate.realmodel import real_text, smollm2  # noqa: E402
 
-CUTS = {
-    "ffn 1536 -> 1024": {"intermediate_size": 1024},
-    "heads 9/3 -> 6/2": {"num_attention_heads": 6, "num_key_value_heads": 2},
-    "hidden 576 -> 432": {"hidden_size": 432},
-    "combined ~half (hidden 432, heads 6/2, ffn 1024, 24 layers)": {
-        "hidden_size": 432, "num_attention_heads": 6, "num_key_value_heads": 2, "intermediate_size": 1024,
-        "num_hidden_layers": 24},
-}
+CUTS = {label: sizes for label, sizes in calibration_bench.CUTS.items() if set(sizes) != {"num_hidden_layers"}}
+"""The width cuts of the calibration bench (depth alone is measured rule against rule below)."""
 DEPTHS = (24, 20)
 MODES = ("activation", "oneshot", "sequential")
 RULES = ("middle-out", "block", "influence", "ppl")
