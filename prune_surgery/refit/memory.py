@@ -13,8 +13,8 @@ calibration windows (two in sequential mode) and the interpreter with torch (``B
    weight or its right-hand side, result and two n' x n' matrices; the solved values of the layer
    wait to be written.
 
-A weight stored [in, out] is counted on axis 0 when its last axis kept every unit; an [experts,
-a, b] stack has one sum per kept expert (no held-out part) and is held whole in float64 while its
+Which axis of a weight is its input comes from the table (see :func:`_input_axis`), so weights
+stored [in, out] are counted right; an [experts, a, b] stack has one sum per kept expert (no held-out part) and is held whole in float64 while its
 slices are placed.  Readers that share one input (q/k/v, gate/up) are counted once each, so the
 figure is an upper bound when hidden channels are cut.
 
@@ -47,20 +47,42 @@ MICRO_TOKENS = 4096  # tokens per micro-batch (calibrate.session.MICRO_TOKENS)
 PROBE_ROWS = 2048  # output rows lambda is chosen on (solve.PROBE_ROWS; solve imports torch)
 
 
-def _reader(t: Any) -> tuple[int, int, int, int, bool, int] | None:
+def _input_axis(plan: Any, t: Any) -> int | None:
+    """The axis a layer weight's input runs along (of its last two), from the table: a tensor that
+    writes the residual stream reads its other axis; one that reads the stream reads `hidden`;
+    any other reads its last axis (stored [out, in]).  None for a per-expert vector (a bias stack
+    [experts, n]: led by the space the table's 3-D stacks lead with, and not reading the stream as
+    a router does)."""
+    role = plan.arch.roles.get(t.role)
+    if role is None:
+        return -1
+    spaces = [{seg.space for seg in axis} for axis in role.axes[-2:]]
+    hidden = [i for i, found in enumerate(spaces) if "hidden" in found]
+    leads = {r.axes[0][0].space for r in plan.arch.roles.values() if len(r.axes) == 3 and len(r.axes[0]) == 1}
+    if len(role.axes) == 2 and spaces[0] & leads and (role.residual == "write" or not hidden):
+        return None
+    if len(spaces) != 2 or len(hidden) != 1:
+        return -1
+    if role.residual == "write":  # hidden is the output: the input is the other axis
+        return -1 if hidden[0] == 0 else -2
+    return hidden[0] - 2
+
+
+def _reader(plan: Any, t: Any) -> tuple[int, int, int, int, bool, int] | None:
     """(out, n, n', copies, held-out split, stack bytes) of a refit tensor's plan, None if not refit."""
     index, shape = t.index, t.source.shape
-    if len(index) == 2 and any(i is not None for i in index):
-        axis = 1 if index[1] is not None else 0  # axis 0: the input of a weight stored [in, out]
-        out = len(index[1 - axis]) if index[1 - axis] is not None else shape[1 - axis]
-        return out, shape[axis], len(index[axis]), 1, True, 0
-    if len(index) == 3 and any(i is not None for i in index[1:]):
-        axis = 2 if index[2] is not None else 1
-        other = 3 - axis
-        out = len(index[other]) if index[other] is not None else shape[other]
-        experts = len(index[0]) if index[0] is not None else shape[0]
-        return out, shape[axis], len(index[axis]), experts, False, experts * out * len(index[axis]) * 8
-    return None
+    if len(index) not in (2, 3):
+        return None
+    axis = _input_axis(plan, t)
+    if axis is None or index[axis] is None:
+        return None
+    other = -1 if axis == -2 else -2
+    out = len(index[other]) if index[other] is not None else shape[other]
+    n, k = shape[axis], len(index[axis])
+    if len(index) == 2:
+        return out, n, k, 1, True, 0
+    experts = len(index[0]) if index[0] is not None else shape[0]
+    return out, n, k, experts, False, experts * out * k * 8
 
 
 def refit_peak(plan: Any, windows: int, seq_len: int, mode: str) -> int:
@@ -72,7 +94,7 @@ def refit_peak(plan: Any, windows: int, seq_len: int, mode: str) -> int:
         if layer is None or not layer.isdigit():
             continue
         weights[int(layer)] = weights.get(int(layer), 0) + t.source.numel * 4
-        found = _reader(t)
+        found = _reader(plan, t)
         if found is not None:
             readers.setdefault(int(layer), []).append(found)
     if not readers:
