@@ -45,7 +45,7 @@ DEPTH_RULES = ("influence", "block", "ppl")
 REFIT_MODES = ("oneshot", "sequential")
 # the defaults are the best measured by bench/refit_bench.py (bench/results/refit.md)
 DEFAULT_REFIT = "oneshot"  # bare --refit
-DEFAULT_DEPTH = "influence"  # --method activation with a depth cut and no --depth
+DEFAULT_DEPTH = "influence"  # --method activation with a depth cut and no --depth (ppl: best on deep cuts, costly)
 
 
 @dataclass(frozen=True)
