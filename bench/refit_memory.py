@@ -2,8 +2,8 @@
 
 Builds (once, under ``bench/work/refit-memory``) a LLaMA checkpoint with Llama-3-70B-shaped layers
 (hidden 8192, 64 query / 8 key-value heads of 128, ffn 28672) but a tiny vocabulary and
-``--layers`` decoder layers, with random non-zero bf16 weights and a small BPE tokenizer trained
-on the pydoc text.  Then runs, as a child process,
+``--layers`` decoder layers, with random non-zero bf16 weights (ffn neurons in twin pairs, see
+:func:`_twins`) and a small BPE tokenizer trained on the pydoc text.  Then runs, as a child process,
 
     prune-surgery run SRC OUT --method activation --calibration TEXT --refit
         --intermediate-size 19456 --calibration-samples N --calibration-seq-len T
@@ -43,6 +43,58 @@ CLI = [sys.executable, "-m", "prune_surgery"]
 GIB = 2**30
 
 
+def _twins(src: Path) -> Path:
+    """A copy of `src` whose ffn neurons come in pairs: neuron i + ffn/2 has neuron i's gate row and
+    half its up row, so it fires at half of neuron i's activation and ranks below it, and a dropped
+    twin is a linear function of a kept one.  With more tokens than kept inputs the refit recovers
+    it; with the few windows a memory run uses it still keeps slicing (the report's note), so the
+    final solve is measured alone (``--solve-phase``)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = src.with_name(src.name + "-twins")
+    if out.exists():
+        return out
+    tmp = out.with_name(out.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    for shard in sorted(tmp.glob("*.safetensors")):
+        tensors = load_file(str(shard))
+        for name, value in tensors.items():
+            half = value.shape[0] // 2
+            if name.endswith("mlp.gate_proj.weight"):
+                value[half:] = value[:half]
+            elif name.endswith("mlp.up_proj.weight"):
+                value[half:] = value[:half] * 0.5
+        save_file(tensors, str(shard), metadata={"format": "pt"})
+        del tensors
+    tmp.rename(out)
+    return out
+
+
+def solve_phase(out: int, n: int, k: int) -> None:
+    """The final solve of one reader, alone: sums of one-shot shape (C[:, K], n x k, float64, with
+    C[K, K] the identity so it is positive definite), a float32 weight copy, then ``solve_refit``."""
+    import torch
+
+    from prune_surgery.refit.solve import Grams, solve_refit
+
+    keep = torch.arange(k)
+    xy = torch.zeros((n, k), dtype=torch.float64)
+    xy[keep, keep] = 1.0
+    weight = torch.randn((out, n), dtype=torch.float32)
+    new = solve_refit(weight, Grams(xy, None, keep, tokens=1), 1e-2, "down_proj")
+    assert new.shape == (out, k)
+
+
+def _solve_phase_row(a: argparse.Namespace) -> dict:
+    """Peak RSS of the solve phase measured alone (the run's reader kept slicing: it never solved)."""
+    cmd = [sys.executable, str(Path(__file__)), "--solve-phase-child", "--ffn-to", str(a.ffn_to)]
+    m = rss.measure(cmd, log=WORK / "solve.log", timeout=a.timeout)
+    return {"returncode": m.returncode, "wall_s": round(m.wall_s, 1), "peak_rss_bytes": m.peak_rss}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=1)
@@ -53,11 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=None, help="stop the run after this many seconds")
     p.add_argument("--note", default=None, help="a sentence for the report")
     p.add_argument("--render", action="store_true", help="re-render the committed JSON (no run)")
+    p.add_argument("--solve-phase", action="store_true", help="also measure the final solve alone (when the run kept slicing)")
+    p.add_argument("--solve-phase-child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.solve_phase_child:
+        solve_phase(8192, 28672, a.ffn_to)
+        return 0
     shape = mc.Shape(layers=a.layers, hidden=8192, ffn=28672, heads=64, kv_heads=8, vocab=2000, shard_size=4_000_000_000)
     src, _ = mc.ensure_checkpoint(WORK / f"ckpt-70b-shaped-{a.layers}l", shape)
     if not (src / "tokenizer.json").exists():
         _tokenizer_for(src, shape.vocab)
+    src = _twins(src)
     calib, _ = real_text()
     options = ["--method", "activation", "--calibration", str(calib), "--intermediate-size", str(a.ffn_to),
                "--calibration-samples", str(a.samples), "--calibration-seq-len", str(a.seq_len), "--refit"]
@@ -84,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             "returncode": m.returncode, "wall_s": round(m.wall_s, 1), "peak_rss_bytes": m.peak_rss,
             "plan_refit_peak_bytes": stated, "limit_bytes": 24 * GIB, "refit": record, "note": a.note,
         }
+    if a.solve_phase:
+        results["solve_phase"] = _solve_phase_row(a)
     if a.note:
         results["note"] = a.note
     path.write_text(json.dumps(results, indent=1) + "\n")
@@ -99,7 +159,7 @@ def render(r: dict) -> str:
     done = r["returncode"] == 0
     md = ["# A 70B-shaped refit in 24 GiB (issue 12)", "", f"Machine: {r['machine']}. Command: `{r['command']}`.", "",
           f"Checkpoint: {s['layers']} decoder layer(s) of Llama-3-70B shape (hidden 8192, 64/8 heads, ffn 28672), vocabulary "
-          f"{s['vocab']}, random bf16 weights ({s['bytes'] / GIB:.2f} GiB). `run --method activation --refit`, {r['cut']}, "
+          f"{s['vocab']}, random bf16 weights, ffn neurons in twin pairs ({s['bytes'] / GIB:.2f} GiB). `run --method activation --refit`, {r['cut']}, "
           f"{r['windows']} x {r['seq_len']} calibration tokens.", "",
           "| | GiB |", "|---|---:|",
           f"| plan's stated refit peak | {r['plan_refit_peak_bytes'] / GIB:.2f} |",
@@ -111,6 +171,11 @@ def render(r: dict) -> str:
     if r.get("refit"):
         md.append(f"Refit record: {r['refit']['tensors']} tensors, lambda {r['refit']['alphas']}, "
                   f"{r['refit']['kept_slicing']} kept slicing.")
+    if r.get("solve_phase"):
+        sp = r["solve_phase"]
+        md += ["", f"The final solve of that down_proj alone (`--solve-phase`: its sums C[:, K], a float32 weight copy, then "
+               f"`solve_refit`), run because the reader kept slicing: peak RSS {sp['peak_rss_bytes'] / GIB:.2f} GiB, "
+               f"{sp['wall_s']:.0f} s, exit status {sp['returncode']}."]
     if r.get("note"):
         md += ["", r["note"]]
     return "\n".join(md) + "\n"
