@@ -17,7 +17,7 @@ from . import api
 from .errors import PruneSurgeryError
 from .plan import Plan
 from .render import plan_json, print_inspect, print_plan
-from .spec import PruneSpec, read_spec_file, spec_from_dict
+from .spec import DEFAULT_DEPTH, DEFAULT_REFIT, REFIT_MODES, PruneSpec, read_spec_file, spec_from_dict
 
 app = typer.Typer(help="Prune LLM checkpoints to any configuration by rewriting them, never loading them.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -39,8 +39,8 @@ SharedFfn = typer.Option(None, "--shared-expert-intermediate-size", help="Target
 Method = typer.Option(None, "--method", help="random (seeded), magnitude (largest L2 norm) or activation (needs --scores or --calibration)")
 ScoresFile = typer.Option(None, "--scores", help="Activation statistics from 'prune-surgery calibrate' (--method activation)")
 Calibration = typer.Option(None, "--calibration", help="Data file(s) to calibrate on the fly for --method activation and --refit (repeatable)")
-Refit = typer.Option(None, "--refit", help="Least-squares refit of the tensors that read pruned units: oneshot (default) or sequential")
-Depth = typer.Option(None, "--depth", help="With --method activation: influence (lowest block influence, default), block (closest contiguous block) or ppl (greedy by calibration perplexity; needs --calibration)")
+Refit = typer.Option(None, "--refit", help=f"Least-squares refit of the tensors that read pruned units: oneshot or sequential (bare --refit: {DEFAULT_REFIT}, the best measured)")
+Depth = typer.Option(None, "--depth", help=f"With --method activation: influence (lowest block influence), block (closest contiguous block) or ppl (greedy by calibration perplexity; needs --calibration); default {DEFAULT_DEPTH}: best measured at 30 -> 24 layers and free; ppl was best at 30 -> 20 but costs layer passes")
 CalSamples = typer.Option(None, "--calibration-samples", help="Windows of --calibration data (default 32)")
 CalSeqLen = typer.Option(None, "--calibration-seq-len", help="Tokens per calibration window (default 512)")
 Seed = typer.Option(None, "--seed", help="Seed of random selection (default 1234)")
@@ -217,11 +217,11 @@ def register_subcommands() -> None:
 
 
 def _bare_refit(argv: list[str]) -> list[str]:
-    """`--refit` alone means `--refit oneshot` (typer options always take a value)."""
+    """`--refit` alone means `--refit DEFAULT_REFIT` (typer options always take a value)."""
     out = list(argv)
     for i, arg in enumerate(out):
-        if arg == "--refit" and (i + 1 == len(out) or out[i + 1] not in ("oneshot", "sequential")):
-            out.insert(i + 1, "oneshot")
+        if arg == "--refit" and (i + 1 == len(out) or out[i + 1] not in REFIT_MODES):
+            out.insert(i + 1, DEFAULT_REFIT)
             break
     return out
 

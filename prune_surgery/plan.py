@@ -27,7 +27,7 @@ from .score import compute_scores
 from .select import check_targets, select_keep, targets_and_layers
 from .sink import OutTensor, ShardLayout, layout_shards
 from .sizes import config_get, is_tied, segment_width, source_sizes
-from .spec import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, PruneSpec, dump_json
+from .spec import DEFAULT_DEPTH, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, PruneSpec, dump_json
 
 BLOCK_BYTES = 16 << 20
 """Input bytes per row block.  A block and its gathered output stay in a 32 MiB L3 cache: on the
@@ -37,6 +37,11 @@ bench machine 16 MiB blocks ran the width+depth job 1.5x faster than 32 MiB ones
 MAGNITUDE_WARNING = (
     "magnitude ranks units by weight norms, which lose to random selection on real pretrained models "
     "(SmolLM2-135M, ffn 1536 -> 1024: see README 'Choosing what to keep'); prefer --method activation"
+)
+
+SEQUENTIAL_HIDDEN_WARNING = (
+    "sequential refit with hidden channels pruned measured worse than no refit on SmolLM2-135M (hidden 576 -> 432: "
+    "held-out perplexity 165 against 147 without refit and 52 one-shot; bench/results/refit.md); prefer --refit oneshot"
 )
 
 
@@ -186,7 +191,7 @@ def build_plan(ckpt: Checkpoint, arch: Architecture, spec: PruneSpec, source: di
     activation = _activation_scores(spec, config)
     influence = None  # depth from activation records: block influence, or angular distance of blocks
     if activation is not None and spec.depth != "ppl":
-        influence = activation.angular() if spec.depth == "block" else activation.layer_influence()
+        influence = activation.angular() if (spec.depth or DEFAULT_DEPTH) == "block" else activation.layer_influence()
         n = sizes.get("layers", 0)
         if influence is not None and influence.shape not in ((n,), (n + 1, n + 1)):
             raise SpecError(f"scores {spec.scores} hold layer records of shape {list(influence.shape)} but the model has {n} "
@@ -355,6 +360,8 @@ def _warnings(plan: Plan, pad: int) -> list[str]:
         notes.append(f"vocabulary padded with {pad} zero rows: ids {plan.targets['vocab']}..{plan.targets['vocab'] + pad - 1} must never be sampled")
     if plan.spec.method == "magnitude" and plan.spec.keep is None:
         notes.append(MAGNITUDE_WARNING)
+    if plan.spec.refit == "sequential" and "hidden" in plan.keep:
+        notes.append(SEQUENTIAL_HIDDEN_WARNING)
     if plan.spec.keep is None and plan.spec.method == "random" and plan.params_after < plan.params_before:
         notes.append(f"random selection with seed {plan.spec.seed}; recovery training (10-20B tokens) is expected after pruning")
     return notes

@@ -43,6 +43,9 @@ OPTION_KEYS = {
 }
 DEPTH_RULES = ("influence", "block", "ppl")
 REFIT_MODES = ("oneshot", "sequential")
+# the defaults are the best measured by bench/refit_bench.py (bench/results/refit.md)
+DEFAULT_REFIT = "oneshot"  # bare --refit
+DEFAULT_DEPTH = "influence"  # --method activation with a depth cut and no --depth (ppl: best on deep cuts, costly)
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ def spec_from_dict(data: dict[str, Any]) -> PruneSpec:
             spec = replace(spec, **{key: _positive(key, options[key])})
     refit = options.get("refit")
     if refit not in (None, False):
-        refit = "oneshot" if refit is True else str(refit)
+        refit = DEFAULT_REFIT if refit is True else str(refit)
         if refit not in REFIT_MODES:
             raise SpecError(f"refit must be one of {', '.join(REFIT_MODES)} (or true), got {refit!r}")
         if not spec.calibration:

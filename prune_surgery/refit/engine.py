@@ -24,7 +24,7 @@ Only values change: shapes are the plan's, no tensor is added.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,8 +38,8 @@ from ..checkpoint import open_checkpoint
 from ..plan import Plan, TensorPlan
 from ..sizes import source_sizes
 from ..storage import LocalStorage
-from .gram import GramTap, InputCapture
-from .solve import Refit, refit_weight
+from .gram import GramTap, InputCapture, Key
+from .solve import DEFAULT_ALPHA, Refit, choose_alpha, solve_refit
 
 MODES = ("oneshot", "sequential")
 _TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
@@ -53,20 +53,102 @@ def refit_targets(plan: Plan) -> dict[str, TensorPlan]:
 
 
 def _source_weight(engine: LayerwiseModel, reader: Reader, name: str, stacked: bool) -> torch.Tensor:
-    """Checkpoint tensor `name` as the layer holds it (one expert's slice of a stack), float64.
-
-    A tensor the model fuses with others (per-expert gate and up in one parameter) is read from
-    the checkpoint itself."""
+    """Checkpoint tensor `name` as the layer holds it (one expert's slice of a stack), in the layer's
+    dtype.  A tensor the model fuses with others (per-expert gate and up in one parameter) is read
+    from the checkpoint itself."""
     param = engine.model.get_parameter(reader.param)
     value = param[reader.expert] if reader.expert is not None else param
     shape = engine.ckpt.tensors[name].shape
     if tuple(value.shape) != tuple(shape[1:] if stacked else shape):
-        value = engine._read([name])[name]
-    return value.detach().to(torch.float64)
+        value = engine._read([name])[name].to(value.dtype)
+    return value.detach()
 
 
 def _index(kept: Any) -> torch.Tensor:
     return torch.from_numpy(np.asarray(kept, dtype=np.int64))
+
+
+@dataclass
+class _Job:
+    """One refit: a tensor (or one expert's slice of a stack) and the sums it is solved on."""
+
+    tp: TensorPlan
+    name: str
+    tap: GramTap
+    key: Key
+    weight: torch.Tensor | None  # out x n as the reader applies it (kept output rows): a copy
+    keep: torch.Tensor  # kept input columns
+    in_out: bool  # stored [in, out]: the result is transposed back
+    expert: int | None  # the expert of a stack's slice (None: a 2-D tensor)
+    alpha: float | None = None
+
+
+def _jobs(engine: LayerwiseModel, readers: dict[Any, Reader], taps: list[GramTap], targets: dict[str, TensorPlan],
+          stacks: dict[str, tuple[TensorPlan, Refit]]) -> list[_Job]:
+    """The refits of the resident layer whose sums `taps` hold, with copies of the weights they
+    need, so the layer can be freed before anything is solved.  Every expert stack touched starts
+    in `stacks` as the plain slicing of the source (float64)."""
+    jobs: list[_Job] = []
+    for reader in readers.values():
+        key = (reader.name, reader.expert)
+        tap = next((t for t in taps if t.grams(key)[0] is not None), None)
+        if tap is None:
+            continue
+        for name in reader.names or (reader.name,):
+            tp = targets.get(name)
+            stacked = tp is not None and len(tp.index) == 3
+            if tp is None or (stacked and tp.index[0] is not None and reader.expert not in tp.index[0]):
+                continue  # not pruned, or an expert that was dropped
+            in_out = key in tap.stored_in_out
+            rows, cols = tp.index[-2:] if not in_out else tp.index[:-3:-1]  # (output, input) axes
+            if cols is None:
+                continue  # the input axis kept every unit
+            weight = _source_weight(engine, reader, name, stacked)
+            weight = weight.T if in_out else weight
+            weight = weight[_index(rows).to(weight.device)] if rows is not None else weight.clone()
+            if stacked and tp.out.name not in stacks:
+                plain = engine.model.get_parameter(reader.param).detach().to(torch.float64)
+                for axis, kept in enumerate(tp.index):
+                    if kept is not None:
+                        plain = plain.index_select(axis, _index(kept).to(plain.device))
+                stacks[tp.out.name] = (tp, Refit(plain * tp.rescale if tp.rescale else plain, None))
+            jobs.append(_Job(tp, name, tap, key, weight, _index(cols), in_out, reader.expert if stacked else None))
+    return jobs
+
+
+def _solve(jobs: list[_Job], stacks: dict[str, tuple[TensorPlan, Refit]], taps: list[GramTap]) -> dict[str, tuple[TensorPlan, Refit]]:
+    """Choose lambda for every job on the held-out sums, free those, then solve the jobs one by one
+    on all tokens (each job's weight copy freed once it is solved)."""
+    for job in jobs:
+        assert job.weight is not None
+        total, val = job.tap.grams(job.key)
+        assert total is not None
+        job.alpha = choose_alpha(job.weight, job.keep, total, val, job.name) if val is not None else DEFAULT_ALPHA
+    for tap in taps:
+        tap.val.clear()
+    solved = dict(stacks)
+    for job in jobs:
+        weight, job.weight = job.weight, None
+        assert weight is not None
+        if job.alpha is None:  # plain slicing was better on the held-out split
+            if job.expert is not None:
+                continue
+            new = weight[:, job.keep.to(weight.device)].to(torch.float64)
+        else:
+            total, _ = job.tap.grams(job.key)
+            assert total is not None
+            new = solve_refit(weight, total, job.alpha, job.name)
+        del weight
+        new = new * job.tp.rescale if job.tp.rescale else new
+        new = new.T if job.in_out else new
+        if job.expert is None:
+            solved[job.tp.out.name] = (job.tp, Refit(new, job.alpha))
+            continue
+        stack = solved[job.tp.out.name][1]
+        experts = job.tp.index[0] if job.tp.index[0] is not None else range(stack.weight.shape[0])
+        stack.weight[list(experts).index(job.expert)] = new
+        stack.alpha = job.alpha
+    return solved
 
 
 class _Writer:
@@ -89,62 +171,20 @@ class _Writer:
             os.close(fd)
 
 
-def _solve_layer(engine: LayerwiseModel, readers: dict[Any, Reader], tap: GramTap, targets: dict[str, TensorPlan],
-                 alpha_default: float | None) -> dict[str, tuple[TensorPlan, Refit]]:
-    solved: dict[str, tuple[TensorPlan, Refit]] = {}
-    for reader in readers.values():
-        train, val = tap.grams((reader.name, reader.expert))
-        if train is None:
-            continue
-        for name in reader.names or (reader.name,):
-            tp = targets.get(name)
-            stacked = tp is not None and len(tp.index) == 3
-            if tp is None or (stacked and tp.index[0] is not None and reader.expert not in tp.index[0]):
-                continue  # not pruned, or an expert that was dropped
-            in_out = (reader.name, reader.expert) in tap.stored_in_out
-            rows, cols = tp.index[-2:] if not in_out else tp.index[:-3:-1]  # (output, input) axes
-            if cols is None:
-                continue  # the input axis kept every unit
-            weight = _source_weight(engine, reader, name, stacked)
-            weight = weight.T if in_out else weight
-            result = refit_weight(weight if rows is None else weight[_index(rows)], _index(cols), train, val, name, alpha_default)
-            if tp.rescale:
-                result.weight = result.weight * tp.rescale
-            if in_out:
-                result.weight = result.weight.T
-            if stacked:
-                _place(engine, reader, tp, result, solved)
-            else:
-                solved[tp.out.name] = (tp, result)
-    return solved
-
-
-def _place(engine: LayerwiseModel, reader: Reader, tp: TensorPlan, result: Refit,
-           solved: dict[str, tuple[TensorPlan, Refit]]) -> None:
-    """Put one expert's refit slice into its stack (started as the plain slicing of the source)."""
-    if tp.out.name not in solved:
-        plain = engine.model.get_parameter(reader.param).detach().to(torch.float64)
-        for axis, kept in enumerate(tp.index):
-            if kept is not None:
-                plain = plain.index_select(axis, _index(kept))
-        solved[tp.out.name] = (tp, Refit(plain * tp.rescale if tp.rescale else plain, result.alpha, float("nan")))
-    experts = tp.index[0] if tp.index[0] is not None else range(solved[tp.out.name][1].weight.shape[0])
-    if result.alpha is not None:
-        solved[tp.out.name][1].weight[list(experts).index(reader.expert)] = result.weight
-        solved[tp.out.name][1].alpha = result.alpha
-
-
 def _oneshot_layer(dense: LayerwiseModel, index: int, readers: dict[Any, Reader], hidden: torch.Tensor, micro: int,
                    targets: dict[str, TensorPlan]) -> dict[str, tuple[TensorPlan, Refit]]:
-    """Advance `hidden` through dense layer `index` (in place), accumulating its readers' Grams; solve them."""
-    tap = GramTap(readers, {})
+    """Advance `hidden` through dense layer `index` (in place), accumulating its readers' sums; solve
+    them once the layer is freed."""
+    tap = GramTap(readers, {}, targets)
+    stacks: dict[str, tuple[TensorPlan, Refit]] = {}
     with dense.resident(index):
         tap.params = dense.layer_params(index)
         for start in range(0, hidden.shape[0], micro):
             tap.begin(start, *hidden[start : start + micro].shape[:2])
             with tap:
                 hidden[start : start + micro] = dense.forward(index, hidden[start : start + micro], start)
-        return _solve_layer(dense, readers, tap, targets, None) if readers else {}
+        jobs = _jobs(dense, readers, [tap], targets, stacks)
+    return _solve(jobs, stacks, [tap])
 
 
 def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mode: str = "oneshot",
@@ -193,24 +233,26 @@ def refit_output(plan: Plan, source: Source, out: Path, ids: torch.Tensor, *, mo
             mine = pruned_readers.get(j, {})
             capture = InputCapture(readers, {})
             # expert slices see different routed tokens in the two models: refit them one-shot
-            experts = GramTap({k: r for k, r in readers.items() if r.expert is not None}, {})
+            experts = GramTap({k: r for k, r in readers.items() if r.expert is not None}, {}, targets)
             tap = GramTap({k: replace(r, name=out_to_source[r.name], names=tuple(out_to_source[n] for n in r.names))
-                           for k, r in mine.items() if r.expert is None}, {}, capture)
-            with dense.resident(index), pruned.resident(j):
-                capture.params = experts.params = dense.layer_params(index)
-                tap.params = pruned.layer_params(j)
-                for start in range(0, ids.shape[0], micro):
-                    d_in, p_in = h_dense[start : start + micro], h_pruned[start : start + micro]
-                    capture.start_batch(*d_in.shape[:2])
-                    experts.begin(start, *d_in.shape[:2])
-                    with capture, experts:
-                        h_dense[start : start + micro] = dense.forward(index, d_in, start)
-                    tap.begin(start, *p_in.shape[:2])
-                    with tap:
-                        pruned.forward(j, p_in, start)
-                solved = _solve_layer(dense, readers, tap, targets, None)
-                solved.update(_solve_layer(dense, {k: r for k, r in readers.items() if r.expert is not None},
-                                           experts, targets, None))
+                           for k, r in mine.items() if r.expert is None}, {}, targets, capture)
+            stacks: dict[str, tuple[TensorPlan, Refit]] = {}
+            with pruned.resident(j):
+                with dense.resident(index):  # freed before the solves
+                    capture.params = experts.params = dense.layer_params(index)
+                    tap.params = pruned.layer_params(j)
+                    for start in range(0, ids.shape[0], micro):
+                        d_in, p_in = h_dense[start : start + micro], h_pruned[start : start + micro]
+                        capture.start_batch(*d_in.shape[:2])
+                        experts.begin(start, *d_in.shape[:2])
+                        with capture, experts:
+                            h_dense[start : start + micro] = dense.forward(index, d_in, start)
+                        tap.begin(start, *p_in.shape[:2])
+                        with tap:
+                            pruned.forward(j, p_in, start)
+                    capture.inputs.clear()
+                    jobs = _jobs(dense, readers, [tap, experts], targets, stacks)
+                solved = _solve(jobs, stacks, [tap, experts])
                 _install(pruned, mine, out_to_source, solved)
                 for start in range(0, ids.shape[0], micro):
                     h_pruned[start : start + micro] = pruned.forward(j, h_pruned[start : start + micro], start)

@@ -1,11 +1,25 @@
 """The peak memory of a refit, known at plan time (numpy only).
 
-Per layer the Grams of every reader group live together (float64, a training and a held-out
-copy; sequential mode adds the dense x pruned cross sums; an expert stack has one per kept
-expert), beside the layer's weights in float32 (two layers in sequential mode) and the residual
-streams of the calibration windows.  The
-solve of the largest reader adds its kept Gram and a Cholesky factor.  The plan refuses a refit
-whose peak exceeds the memory this machine has available.
+A layer is refit in three phases; the peak is the largest, beside the residual streams of the
+calibration windows (two in sequential mode) and the interpreter with torch (``BASE_BYTES``):
+
+1. **accumulate**: the layer's weights in float32 (two layers in sequential mode), the float64 sums
+   of every refit reader (over all tokens and over the held-out windows: each n x n' for one-shot
+   C[:, K], plus n' x n' where sequential mode pairs two streams of different width) and one
+   micro-batch of float64 inputs;
+2. **choose lambda**: the sums, copies of the refit weights, the probed rows' right-hand sides
+   and two n' x n' matrices (torch's Cholesky factor is written beside its input);
+3. **solve**: the sums over all tokens, the weights, and for the largest reader its float64
+   weight or its right-hand side, result and two n' x n' matrices; the solved values of the layer
+   wait to be written.
+
+Which axis of a weight is its input comes from the table (see :func:`_input_axis`), so weights
+stored [in, out] are counted right; an [experts, a, b] stack has one sum per kept expert (no held-out part) and is held whole in float64 while its
+slices are placed.  Readers that share one input (q/k/v, gate/up) are counted once each, so the
+figure is an upper bound when hidden channels are cut.
+
+Measured on a Llama-3-70B-shaped layer (``bench/refit_memory.py``): see
+``bench/results/refit_memory.md``.
 """
 
 from __future__ import annotations
@@ -28,43 +42,84 @@ def available_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+BASE_BYTES = 1 << 30  # python, torch, transformers and the layer-by-layer model skeleton
+MICRO_TOKENS = 4096  # tokens per micro-batch (calibrate.session.MICRO_TOKENS)
+PROBE_ROWS = 2048  # output rows lambda is chosen on (solve.PROBE_ROWS; solve imports torch)
+
+
+def _input_axis(plan: Any, t: Any) -> int | None:
+    """The axis a layer weight's input runs along (of its last two), from the table: a tensor that
+    writes the residual stream reads its other axis; one that reads the stream reads `hidden`;
+    any other reads its last axis (stored [out, in]).  None for a per-expert vector (a bias stack
+    [experts, n]: led by the space the table's 3-D stacks lead with, and not reading the stream as
+    a router does)."""
+    role = plan.arch.roles.get(t.role)
+    if role is None:
+        return -1
+    spaces = [{seg.space for seg in axis} for axis in role.axes[-2:]]
+    hidden = [i for i, found in enumerate(spaces) if "hidden" in found]
+    leads = {r.axes[0][0].space for r in plan.arch.roles.values() if len(r.axes) == 3 and len(r.axes[0]) == 1}
+    if len(role.axes) == 2 and spaces[0] & leads and (role.residual == "write" or not hidden):
+        return None
+    if len(spaces) != 2 or len(hidden) != 1:
+        return -1
+    if role.residual == "write":  # hidden is the output: the input is the other axis
+        return -1 if hidden[0] == 0 else -2
+    return hidden[0] - 2
+
+
+def _reader(plan: Any, t: Any) -> tuple[int, int, int, int, bool, int] | None:
+    """(out, n, n', copies, held-out split, stack bytes) of a refit tensor's plan, None if not refit."""
+    index, shape = t.index, t.source.shape
+    if len(index) not in (2, 3):
+        return None
+    axis = _input_axis(plan, t)
+    if axis is None or index[axis] is None:
+        return None
+    other = -1 if axis == -2 else -2
+    out = len(index[other]) if index[other] is not None else shape[other]
+    n, k = shape[axis], len(index[axis])
+    if len(index) == 2:
+        return out, n, k, 1, True, 0
+    experts = len(index[0]) if index[0] is not None else shape[0]
+    return out, n, k, experts, False, experts * out * k * 8
+
+
 def refit_peak(plan: Any, windows: int, seq_len: int, mode: str) -> int:
     """Bytes a refit of `plan` holds at its peak (see module doc)."""
-    layer_of: dict[str, int] = {}
     weights: dict[int, int] = {}
+    readers: dict[int, list[tuple[int, int, int, int, bool, int]]] = {}  # layer -> refit readers
     for t in plan.tensors:
         layer = t.source.name.split(".layers.")[1].split(".")[0] if ".layers." in t.source.name else None
-        if layer is not None and layer.isdigit():
-            layer_of[t.source.name] = int(layer)
-            weights[int(layer)] = weights.get(int(layer), 0) + t.source.numel * 4
-    grams: dict[int, int] = {}
-    solve = 0
-    for t in plan.tensors:
-        if t.source.name not in layer_of:
+        if layer is None or not layer.isdigit():
             continue
-        if len(t.index) == 2 and any(i is not None for i in t.index):
-            axis = -1 if t.index[-1] is not None else 0  # axis 0: the input of a weight stored [in, out]
-            n, kept = t.source.shape[axis], len(t.index[axis])
-            size = (kept * kept + n * kept if mode == "sequential" else n * n) * 8 * 2
-            rows = t.source.shape[1 + axis]
-        elif len(t.index) == 3 and any(i is not None for i in t.index[1:]):
-            # an [experts, a, b] stack: one training Gram per kept expert over its input, a or b,
-            # and the whole stack in float64 while its slices are placed
-            n = max(t.source.shape[1:])
-            kept = n
-            experts = len(t.index[0]) if t.index[0] is not None else t.source.shape[0]
-            size = experts * n * n * 8 + t.source.numel * 8
-            rows = n
-        else:
-            continue
-        grams[layer_of[t.source.name]] = grams.get(layer_of[t.source.name], 0) + size
-        solve = max(solve, 2 * kept * kept * 8 + rows * n * 8)
-    if not grams:
+        weights[int(layer)] = weights.get(int(layer), 0) + t.source.numel * 4
+        found = _reader(plan, t)
+        if found is not None:
+            readers.setdefault(int(layer), []).append(found)
+    if not readers:
         return 0
-    hidden = plan.sizes["hidden"]
-    streams = windows * seq_len * hidden * 4 * (2 if mode == "sequential" else 1)
-    layer = max(weights.values(), default=0) * (2 if mode == "sequential" else 1)
-    return max(grams.values()) + solve + layer + streams
+    pairs = mode == "sequential" and "hidden" in plan.keep  # streams of different width: C_yy beside C_xy
+    layers = 2 if mode == "sequential" else 1
+    f64 = 8
+    peak = 0
+    for layer, group in readers.items():
+        total = sum(c * (n * k + (k * k if pairs and val else 0)) * f64 for _, n, k, c, val, _ in group)
+        held = sum((n * k + (k * k if pairs else 0)) * f64 for _, n, k, _, val, _ in group if val)
+        copies = sum(c * out * n * 4 for out, n, _, c, _, _ in group) + sum(s for *_, s in group)
+        micro = MICRO_TOKENS * max(n for _, n, *_ in group) * f64 * 3
+        resident = weights[layer] * (layers - 1)  # the pruned layer stays while the dense one is solved
+        accumulate = total + held + weights[layer] * layers + micro
+        # torch's Cholesky writes a new n' x n' beside its input: two at once
+        probe = max(((2 * min(out, PROBE_ROWS) * (n + 2 * k) + 2 * k * k) * f64
+                     for out, n, k, _, val, _ in group if val), default=0)
+        choose = total + held + copies + probe + resident
+        results = sum(c * out * k * f64 for out, _, k, c, _, _ in group)
+        solve = total + copies + results + resident + max(
+            max(out * n + out * k, 2 * k * k + out * k) * f64 for out, n, k, *_ in group)
+        peak = max(peak, accumulate, choose, solve)
+    streams = windows * seq_len * plan.sizes["hidden"] * 4 * layers
+    return BASE_BYTES + streams + peak
 
 
 def check_refit_memory(plan: Any, windows: int, seq_len: int, mode: str) -> int:

@@ -136,3 +136,18 @@ def test_conv1d_weights_are_refit_in_sequential_mode_too(tiny, text, tmp_path):
     record = json.loads((tmp_path / "out" / "prune_surgery.json").read_text())["refit"]
     assert record["mode"] == "sequential" and record["tensors"] == 4 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj
     load(tmp_path / "out")
+
+
+@pytest.mark.parametrize("name, stored_in_out", [("llama", False), ("gpt2", True), ("gpt_oss", None)])
+def test_plan_counts_each_weight_on_the_axis_the_engine_reads(tiny, name, stored_in_out):
+    """The refit's peak is sized on each weight's input axis, which the plan reads from the table
+    ([out, in] for Llama, [in, out] for GPT-2's Conv1D and gpt-oss's expert stacks, its routers [out, in])."""
+    from prune_surgery.refit.memory import _input_axis
+
+    plan = ps.plan(tiny[name], ps.PruneSpec())
+    layer0 = [t for t in plan.tensors if len(t.source.shape) in (2, 3) and (".layers.0." in t.source.name or ".h.0." in t.source.name)]
+    assert len(layer0) >= 4
+    for t in layer0:
+        in_out = len(t.source.shape) == 3 if stored_in_out is None else stored_in_out
+        expected = None if t.source.name.endswith("_bias") else -2 if in_out else -1  # gpt-oss's [experts, n] biases
+        assert _input_axis(plan, t) == expected, t.source.name
