@@ -30,6 +30,18 @@ GEMMA4_VARIANTS = {
 }
 
 
+def _perturb(model: "torch.nn.Module", layers: "torch.nn.ModuleList") -> None:
+    """Non-trivial norms, router scales and layer scalars; routing that depends on the input."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ("norm" in name and name.endswith("weight")) or name.endswith(("router.scale", "per_expert_scale")):
+                param.uniform_(0.5, 1.5)
+            elif name.endswith("router.proj.weight"):
+                param.normal_(0, 1.0)
+        for layer in layers:
+            layer.layer_scalar.uniform_(0.5, 1.5)
+
+
 def build_gemma4(path: Path, variant: str, seed: int = 0) -> Path:
     """A tiny Gemma 4 text model with non-trivial norms and layer scalars."""
     import transformers
@@ -37,14 +49,7 @@ def build_gemma4(path: Path, variant: str, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = transformers.Gemma4TextConfig(**GEMMA4, **GEMMA4_VARIANTS[variant])
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ("norm" in name and name.endswith("weight")) or name.endswith(("router.scale", "per_expert_scale")):
-                param.uniform_(0.5, 1.5)
-            elif name.endswith("router.proj.weight"):
-                param.normal_(0, 1.0)  # routing that depends on the input
-        for layer in model.model.layers:
-            layer.layer_scalar.uniform_(0.5, 1.5)
+    _perturb(model, model.model.layers)
     model.save_pretrained(path, max_shard_size="60KB")
     return path
 
@@ -117,14 +122,7 @@ def build_gemma4_vlm(path: Path, variant: str, audio: bool = True, seed: int = 0
                                        image_token_id=IMAGE_TOKEN, boi_token_id=297, eoi_token_id=298, audio_token_id=296,
                                        boa_token_id=295, eoa_token_index=294, video_token_id=293)
     model = transformers.AutoModelForImageTextToText.from_config(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ("norm" in name and name.endswith("weight")) or name.endswith(("router.scale", "per_expert_scale")):
-                param.uniform_(0.5, 1.5)
-            elif name.endswith("router.proj.weight"):
-                param.normal_(0, 1.0)
-        for layer in model.model.language_model.layers:
-            layer.layer_scalar.uniform_(0.5, 1.5)
+    _perturb(model, model.model.language_model.layers)
     model.save_pretrained(path, max_shard_size="60KB")
     return path
 
