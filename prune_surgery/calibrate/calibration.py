@@ -1,7 +1,8 @@
 """``calibrate``: activation statistics of every prunable space, one decoder layer resident.
 
-The layers run in order; after each one the residual stream and the sums so far are saved
-beside the output (``SCORES.partial/``), so a killed run resumes from its last finished layer
+The layers run in order; after each one the residual stream, the sums so far and any state the
+layers hand to later ones (KV sharing, :mod:`carried`) are saved beside the output
+(``SCORES.partial/``), so a killed run resumes from its last finished layer
 with ``resume=True``.  The partial state is only reused when it was made from the same model,
 data and settings.
 """
@@ -19,6 +20,7 @@ import torch
 
 from .. import __version__
 from ..sizes import source_sizes
+from .carried import carried_state, restore_carried
 from .data import calibration_windows
 from .layerwise import LayerwiseModel
 from .readers import expert_space, layer_readers
@@ -32,10 +34,10 @@ def _partial_dir(out: Path) -> Path:
 
 
 def _save_state(folder: Path, done: int, hidden: torch.Tensor, last: list[torch.Tensor], stats: Stats,
-                influence: np.ndarray, key: str) -> None:
+                influence: np.ndarray, key: str, carried: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    tensors = {"hidden": hidden.contiguous(), "last": torch.stack(last).contiguous()}
+    tensors = {"hidden": hidden.contiguous(), "last": torch.stack(last).contiguous(), **carried}
     for (space, scope), acc in stats.items():
         for name, value in acc.items():
             tensors[f"{space}/{scope}/{name}"] = value.contiguous()
@@ -45,7 +47,8 @@ def _save_state(folder: Path, done: int, hidden: torch.Tensor, last: list[torch.
     tmp.replace(folder / "state.safetensors")
 
 
-def _load_state(folder: Path, key: str) -> tuple[int, torch.Tensor, list[torch.Tensor], Stats, np.ndarray] | None:
+def _load_state(folder: Path, key: str) -> tuple[int, torch.Tensor, list[torch.Tensor], Stats, np.ndarray,
+                                                 dict[str, torch.Tensor]] | None:
     from safetensors import safe_open
 
     path = folder / "state.safetensors"
@@ -61,7 +64,8 @@ def _load_state(folder: Path, key: str) -> tuple[int, torch.Tensor, list[torch.T
         if name.count("/") == 2:
             space, scope, stat = name.split("/")
             stats[(space, scope)][stat] = value
-    return int(meta["done"]), tensors["hidden"], list(tensors["last"]), stats, tensors["influence"].numpy()
+    carried = {k: v for k, v in tensors.items() if k.startswith("carried/")}
+    return int(meta["done"]), tensors["hidden"], list(tensors["last"]), stats, tensors["influence"].numpy(), carried
 
 
 def _angular(last: list[torch.Tensor]) -> np.ndarray:
@@ -118,9 +122,10 @@ def calibrate(src: str | Path, data: Sequence[str | Path], out: str | Path, *, t
         hidden = engine.embed(ids, micro)
         last = [hidden[:, -1, :].float().cpu().clone()]
     else:
-        start_layer, hidden, last, stats, influence = state
+        start_layer, hidden, last, stats, influence, carried = state
         hidden = hidden.to(device)
         engine.record(ids, micro)  # the layers' arguments for each micro-batch
+        restore_carried(engine.captured, carried, device)  # what the layers before start_layer handed on
     partial.mkdir(parents=True, exist_ok=True)
     clock = time.monotonic()
     space = expert_space(source.arch)
@@ -149,7 +154,7 @@ def calibrate(src: str | Path, data: Sequence[str | Path], out: str | Path, *, t
             for hook in hooks:
                 hook.remove()
         last.append(hidden[:, -1, :].float().cpu().clone())
-        _save_state(partial, index + 1, hidden.cpu(), last, stats, influence, key)
+        _save_state(partial, index + 1, hidden.cpu(), last, stats, influence, key, carried_state(engine.captured))
     provenance["seconds"] = round(time.monotonic() - clock, 3)
     tables = {f"{space}/{scope}/{name}": value.numpy() for (space, scope), acc in stats.items() for name, value in acc.items()}
     tables["layers/all/influence"] = influence[0]

@@ -316,6 +316,11 @@ class LayerwiseModel:
                     parts.append(self._first.to(self.dtype))
         return parts
 
+    @property
+    def captured(self) -> dict[int, list[tuple[tuple, dict]]]:
+        """Per micro-batch (its first window), the (args, kwargs) the model passes each layer."""
+        return self._captured
+
     def layer_args(self, index: int, shape: tuple[int, int], start: int | None = None) -> tuple[tuple, dict]:
         """The arguments the model passes decoder layer `index` for the micro-batch at window `start`
         (None: those of the first micro-batch of `shape`, right only for arguments of the shape alone)."""

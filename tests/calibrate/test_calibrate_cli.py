@@ -62,8 +62,11 @@ def test_scores_verb_marks_a_plan(tiny, text, tmp_path):
     assert (tmp_path / "png" / "ffn.png").exists() and (tmp_path / "png" / "layers.png").exists()
 
 
-def test_killed_run_resumes_from_its_last_finished_layer(tiny, text, tmp_path, monkeypatch):
-    src, out = tiny["qwen2_moe"], tmp_path / "s.safetensors"
+@pytest.mark.parametrize("name", ["qwen2_moe", "gemma4_ple"])
+def test_killed_run_resumes_from_its_last_finished_layer(tiny, text, tmp_path, monkeypatch, name):
+    """gemma4_ple: layers 2 and 3 reuse the keys and values layers 0 and 1 computed (KV sharing),
+    state a resumed run must bring back from the partial state."""
+    src, out = tiny[name], tmp_path / "s.safetensors"
     whole = calibration.calibrate(src, [text[0]], tmp_path / "whole.safetensors", samples=6, seq_len=16, micro=4)
 
     def dies(stage, done, total, tokens):
