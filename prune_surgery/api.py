@@ -101,21 +101,23 @@ def _needed(the_plan: Plan, storage: Storage) -> int:
     return bytes_needed(the_plan.shards, storage, kept)
 
 
-def with_scores(src: str | Path, spec: PruneSpec, work: Path, revision: str | None = None) -> PruneSpec:
-    """`spec` with a scores file: calibrated now into `work` when only `--calibration` data was given;
-    with `--depth ppl`, the layers to drop are chosen now by perplexity on the calibration data."""
+def with_scores(src: str | Path, spec: PruneSpec, work: Path, revision: str | None = None,
+                device: str | None = None) -> PruneSpec:
+    """`spec` with a scores file: calibrated now into `work` (on `device`, default cpu) when only
+    `--calibration` data was given; with `--depth ppl`, the layers to drop are chosen now by
+    perplexity on the calibration data."""
     if spec.depth == "ppl" and spec.drop_layers is None and not spec.keep:
-        spec = _depth_by_ppl(src, spec, revision)
+        spec = _depth_by_ppl(src, spec, revision, device or "cpu")
     if spec.method != "activation" or spec.scores or not spec.calibration or spec.keep:
         return spec
     from .calibrate.calibration import calibrate
 
     path = work / SCORES_NAME
-    calibrate(src, spec.calibration, path, revision=revision, **calibration_size(spec))
+    calibrate(src, spec.calibration, path, revision=revision, device=device or "cpu", **calibration_size(spec))
     return replace(spec, scores=str(path))
 
 
-def _depth_by_ppl(src: str | Path, spec: PruneSpec, revision: str | None) -> PruneSpec:
+def _depth_by_ppl(src: str | Path, spec: PruneSpec, revision: str | None, device: str) -> PruneSpec:
     source = open_source(src, revision=revision)
     sizes = source_sizes(source.arch, source.checkpoint.config)
     target = next((spec.sizes[k] for k in source.arch.spaces["layers"].keys if k in spec.sizes), sizes["layers"])
@@ -124,7 +126,7 @@ def _depth_by_ppl(src: str | Path, spec: PruneSpec, revision: str | None) -> Pru
     from .calibrate.depth import SPLIT_SAMPLES, greedy_ppl_drop
 
     assert spec.calibration
-    drop = greedy_ppl_drop(src, spec.calibration, sizes["layers"] - target, revision=revision,
+    drop = greedy_ppl_drop(src, spec.calibration, sizes["layers"] - target, revision=revision, device=device,
                            samples=min(spec.calibration_samples or SPLIT_SAMPLES, SPLIT_SAMPLES),
                            seq_len=spec.calibration_seq_len or 256)
     return replace(spec, drop_layers=tuple(drop))
@@ -160,7 +162,7 @@ def run(src: str | Path, out: str | Path, spec: PruneSpec | None = None, *, revi
     check_output(out, source.local_root, overwrite)
     backend = make_backend(device)
     with tempfile.TemporaryDirectory(prefix="prune-surgery-") as work:
-        spec = with_scores(src, spec or PruneSpec(), Path(work), revision)
+        spec = with_scores(src, spec or PruneSpec(), Path(work), revision, device)
         the_plan = build_plan(source.checkpoint, source.arch, spec, source.record, block_bytes)
         callback = progress(the_plan) if progress else None
         needed = _needed(the_plan, source.storage)
