@@ -15,8 +15,14 @@ its routed tokens (an expert no token reached keeps plain slicing).
   up.  When the width of the stream is unchanged, the unpruned layer runs on the pruned model's
   stream and each reader is fit to what its unpruned weights compute from those inputs
   (SparseGPT's target).  When hidden channels are pruned the streams differ in width: the Grams
-  then pair the dense model's input x with the pruned model's input y of the same tokens.  Expert
-  slices (routed tokens differ between the two models) are refit one-shot.
+  then pair the dense model's input x with the pruned model's input y of the same tokens (measured
+  worse than one-shot on SmolLM2: ``bench/results/refit.md``).  Expert slices (routed tokens
+  differ between the two models) are refit one-shot.
+
+Each layer's sums are accumulated with the layer resident; the copies of the weights being refit
+are taken, the dense layer is freed, and only then is lambda chosen and each tensor solved
+(:func:`_solve`); in sequential mode the pruned layer stays resident, since the solved values go
+into it before it advances its own stream.
 
 Only values change: shapes are the plan's, no tensor is added.
 """
