@@ -40,7 +40,8 @@ from prune_surgery.calibrate.realmodel import real_text, smollm2  # noqa: E402
 CUTS = {label: sizes for label, sizes in calibration_bench.CUTS.items() if set(sizes) != {"num_hidden_layers"}}
 """The width cuts of the calibration bench (depth alone is measured rule against rule below)."""
 DEPTHS = (24, 20)
-MODES = ("activation", "oneshot", "sequential")
+MODES = ("random", "activation", "oneshot", "sequential")
+REFIT_MODES = MODES[2:]
 RULES = ("middle-out", "block", "influence", "ppl")
 
 
@@ -66,7 +67,10 @@ def _run(src: Path, spec: ps.PruneSpec, held: Path, a: argparse.Namespace) -> di
 
 
 def _spec(sizes: dict, mode: str, scores: Path, calib: Path, a: argparse.Namespace) -> ps.PruneSpec:
-    """A spec file's fields: activation ranking from `scores`, refit (`mode`) on the calibration windows."""
+    """A spec file's fields: random masks (the seeded default), or activation ranking from `scores`
+    and a refit (`mode`) on the calibration windows."""
+    if mode == "random":
+        return ps.spec_from_dict({**sizes, "method": "random"})
     options: dict = {**sizes, "method": "activation", "scores": str(scores)}
     if mode != "activation":  # the scores file is given: calibration windows are those of the refit only
         options.update(refit=mode, calibration=[str(calib)], calibration_samples=a.refit_samples,
@@ -155,23 +159,24 @@ def markdown(results: dict) -> str:
              f"{a['ppl_samples']} x {a['ppl_seq_len']}; held-out perplexity on the first {a['eval_tokens']} tokens of the other half, windows of "
              f"{a['eval_seq_len']}, the same tokens for every row. Dense perplexity: **{dense:.2f}**.", "",
              "% of excess removed = (activation - refit) / (activation - dense).", "",
-             "| cut | params kept | activation | + one-shot refit | removed | + sequential refit | removed | refit run (one-shot / seq.) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| cut | params kept | random | activation | + one-shot refit | removed | + sequential refit | removed | refit run (one-shot / seq.) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, row in results["cuts"].items():
         if not all(m in row for m in MODES):
             continue
-        act, one, seq = (row[m]["ppl"] for m in MODES)
-        lines.append(f"| {label} | {row['activation']['params']:.0%} | {act:,.2f} | {one:,.2f} | {_removed(act, one, dense)} | "
+        rnd, act, one, seq = (row[m]["ppl"] for m in MODES)
+        lines.append(f"| {label} | {row['activation']['params']:.0%} | {rnd:,.1f} | {act:,.2f} | {one:,.2f} | {_removed(act, one, dense)} | "
                      f"{seq:,.2f} | {_removed(act, seq, dense)} | {row['oneshot']['run_s']:.0f} s / {row['sequential']['run_s']:.0f} s |")
     lines += ["", "Lambda chosen per tensor on held-out calibration windows (every fifth), relative to the mean diagonal "
               "of the kept Gram; `slicing` counts tensors where no lambda beat plain slicing on those windows:", ""]
     for label, row in results["cuts"].items():
-        for mode in MODES[1:]:
+        for mode in REFIT_MODES:
             if mode in row and "refit" in row[mode]:
                 r = row[mode]["refit"]
                 alphas = ", ".join(f"{k}: {v}" for k, v in sorted(r["alphas"].items(), key=lambda kv: float(kv[0])))
                 lines.append(f"- {label}, {mode}: {r['tensors']} tensors, slicing {r['kept_slicing']}; lambda {alphas}")
-    lines += ["", "| depth | middle-out | block (Gromov) | influence (ShortGPT) | ppl (greedy) | best rule |", "|---|---:|---:|---:|---:|---|"]
+    lines += ["", "Depth: middle-out is what `--num-hidden-layers` does without `--method activation` (random and "
+              "magnitude selection included).", "", "| depth | middle-out | block (Gromov) | influence (ShortGPT) | ppl (greedy) | best rule |", "|---|---:|---:|---:|---:|---|"]
     for layers, row in results["depth"].items():
         if not all(r in row for r in RULES):
             continue
