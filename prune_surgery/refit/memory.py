@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..calibrate.readers import expert_space
 from ..errors import SpecError
 
 
@@ -47,19 +48,18 @@ MICRO_TOKENS = 4096  # tokens per micro-batch (calibrate.session.MICRO_TOKENS)
 PROBE_ROWS = 2048  # output rows lambda is chosen on (solve.PROBE_ROWS; solve imports torch)
 
 
-def _input_axis(plan: Any, t: Any) -> int | None:
+def _input_axis(plan: Any, t: Any, experts: str | None) -> int | None:
     """The axis a layer weight's input runs along (of its last two), from the table: a tensor that
     writes the residual stream reads its other axis; one that reads the stream reads `hidden`;
     any other reads its last axis (stored [out, in]).  None for a per-expert vector (a bias stack
-    [experts, n]: led by the space the table's 3-D stacks lead with, and not reading the stream as
-    a router does)."""
+    [experts, n]: led by `experts`, the table's expert space from ``readers.expert_space``, and not
+    reading the stream as a router does)."""
     role = plan.arch.roles.get(t.role)
     if role is None:
         return -1
     spaces = [{seg.space for seg in axis} for axis in role.axes[-2:]]
     hidden = [i for i, found in enumerate(spaces) if "hidden" in found]
-    leads = {r.axes[0][0].space for r in plan.arch.roles.values() if len(r.axes) == 3 and len(r.axes[0]) == 1}
-    if len(role.axes) == 2 and spaces[0] & leads and (role.residual == "write" or not hidden):
+    if len(role.axes) == 2 and experts in spaces[0] and (role.residual == "write" or not hidden):
         return None
     if len(spaces) != 2 or len(hidden) != 1:
         return -1
@@ -68,12 +68,12 @@ def _input_axis(plan: Any, t: Any) -> int | None:
     return hidden[0] - 2
 
 
-def _reader(plan: Any, t: Any) -> tuple[int, int, int, int, bool, int] | None:
+def _reader(plan: Any, t: Any, experts: str | None) -> tuple[int, int, int, int, bool, int] | None:
     """(out, n, n', copies, held-out split, stack bytes) of a refit tensor's plan, None if not refit."""
     index, shape = t.index, t.source.shape
     if len(index) not in (2, 3):
         return None
-    axis = _input_axis(plan, t)
+    axis = _input_axis(plan, t, experts)
     if axis is None or index[axis] is None:
         return None
     other = -1 if axis == -2 else -2
@@ -81,12 +81,13 @@ def _reader(plan: Any, t: Any) -> tuple[int, int, int, int, bool, int] | None:
     n, k = shape[axis], len(index[axis])
     if len(index) == 2:
         return out, n, k, 1, True, 0
-    experts = len(index[0]) if index[0] is not None else shape[0]
-    return out, n, k, experts, False, experts * out * k * 8
+    count = len(index[0]) if index[0] is not None else shape[0]
+    return out, n, k, count, False, count * out * k * 8
 
 
 def refit_peak(plan: Any, windows: int, seq_len: int, mode: str) -> int:
     """Bytes a refit of `plan` holds at its peak (see module doc)."""
+    experts = expert_space(plan.arch)
     weights: dict[int, int] = {}
     readers: dict[int, list[tuple[int, int, int, int, bool, int]]] = {}  # layer -> refit readers
     for t in plan.tensors:
@@ -94,7 +95,7 @@ def refit_peak(plan: Any, windows: int, seq_len: int, mode: str) -> int:
         if layer is None or not layer.isdigit():
             continue
         weights[int(layer)] = weights.get(int(layer), 0) + t.source.numel * 4
-        found = _reader(plan, t)
+        found = _reader(plan, t, experts)
         if found is not None:
             readers.setdefault(int(layer), []).append(found)
     if not readers:
